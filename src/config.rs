@@ -1,0 +1,381 @@
+//! The TOML config: a raw serde shape (unknown keys refused) validated once
+//! into typed values. `parse` is pure; `load` adds the file system checks.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ed25519_dalek::VerifyingKey;
+use serde::Deserialize;
+
+use crate::license::bundle::parse_public_key;
+
+pub const DEFAULT_PATH: &str = "/etc/seatgate/seatgate.toml";
+pub const DEFAULT_SOCKET: &str = "/run/seatgate/seatgate.sock";
+pub const DEFAULT_RUNTIME_DIR: &str = "/run/seatgate";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/seatgate";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    device: Option<String>,
+    builtin_seats: Option<u32>,
+    log_level: Option<String>,
+    #[serde(default)]
+    license: RawLicense,
+    #[serde(default)]
+    paths: RawPaths,
+    #[serde(default)]
+    admission: RawAdmission,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLicense {
+    #[serde(default)]
+    trusted_keys: Vec<String>,
+    bundle_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPaths {
+    socket: Option<PathBuf>,
+    runtime_dir: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmission {
+    over_cap: Option<OverCap>,
+    max_connections: Option<usize>,
+    idle_timeout_ms: Option<u64>,
+    socket_mode: Option<String>,
+    socket_group: Option<String>,
+    vpn_users: Option<Vec<String>>,
+    vpn_groups: Option<Vec<String>>,
+    operator_groups: Option<Vec<String>>,
+    status_public: Option<bool>,
+    server_check_ms: Option<u64>,
+}
+
+/// What to do with sessions already admitted when the cap drops below them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OverCap {
+    /// Keep them; deny new sessions until usage is back under the cap.
+    Drain,
+}
+
+/// The validated config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This gateway's serial.
+    pub device: String,
+    pub builtin_seats: u32,
+    pub log_level: String,
+    pub trusted_keys: Vec<VerifyingKey>,
+    pub bundle_file: Option<PathBuf>,
+    pub socket: PathBuf,
+    pub runtime_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub admission: Admission,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admission {
+    pub over_cap: OverCap,
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+    pub socket_mode: u32,
+    pub socket_group: Option<String>,
+    /// Users whose processes may admit and release (the VPN servers' hooks).
+    pub vpn_users: Vec<String>,
+    pub vpn_groups: Vec<String>,
+    /// Groups that may read status; root and the daemon's own user always may.
+    pub operator_groups: Vec<String>,
+    /// Let everyone on the gateway read status (read-only).
+    pub status_public: bool,
+    /// How often VPN server processes are checked for life.
+    pub server_check: Duration,
+}
+
+/// One thing wrong with a config, with the key and what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path} has {} problem(s):\n{}", problems.len(), list(problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn problem(key: &str, message: impl Into<String>) -> Problem {
+    Problem {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// Parses and validates config text. Relative paths are taken relative to
+/// `base` (the config file's directory). Returns every problem found.
+pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<Problem>> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let key = e.span().map_or("(file)".to_string(), |s| {
+            format!("line {}", text[..s.start].matches('\n').count() + 1)
+        });
+        vec![problem(&key, e.message().to_string())]
+    })?;
+    let mut problems = Vec::new();
+    let device = match raw.device {
+        Some(d) if valid_serial(&d) => d,
+        Some(d) => {
+            problems.push(problem("device", format!("{d:?} is not a gateway serial; use letters, digits, '-' and '_' (1-64 characters)")));
+            String::new()
+        }
+        None => {
+            problems.push(problem(
+                "device",
+                "missing; set it to this gateway's serial, e.g. device = \"ESG-A1B2C3\"",
+            ));
+            String::new()
+        }
+    };
+    let mut trusted_keys = Vec::new();
+    for (i, k) in raw.license.trusted_keys.iter().enumerate() {
+        match parse_public_key(k) {
+            Ok(key) => trusted_keys.push(key),
+            Err(e) => problems.push(problem(
+                &format!("license.trusted_keys[{i}]"),
+                format!("{e}; paste the public key printed by `seatgate bundle keygen`"),
+            )),
+        }
+    }
+    if trusted_keys.is_empty() && raw.license.bundle_file.is_some() {
+        problems.push(problem(
+            "license.trusted_keys",
+            "empty, so no bundle can ever verify; add the license signer's public key",
+        ));
+    }
+    let log_level = raw.log_level.unwrap_or_else(|| "info".into());
+    let is_level = ["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str());
+    let is_directive =
+        log_level.contains('=') && tracing_subscriber::EnvFilter::try_new(&log_level).is_ok();
+    if !is_level && !is_directive {
+        problems.push(problem(
+            "log_level",
+            format!("{log_level:?} is not a level; use error, warn, info, debug or trace"),
+        ));
+    }
+    let a = raw.admission;
+    let socket_mode = match a.socket_mode.as_deref().map(|m| u32::from_str_radix(m, 8)) {
+        None => 0o660,
+        Some(Ok(m)) if m <= 0o777 => m,
+        Some(_) => {
+            problems.push(problem(
+                "admission.socket_mode",
+                "must be an octal mode as a string, e.g. \"0660\"",
+            ));
+            0o660
+        }
+    };
+    let max_connections = a.max_connections.unwrap_or(256);
+    if max_connections == 0 {
+        problems.push(problem("admission.max_connections", "must be at least 1"));
+    }
+    let idle_timeout = millis(
+        &mut problems,
+        "admission.idle_timeout_ms",
+        a.idle_timeout_ms,
+        30_000,
+    );
+    let server_check = millis(
+        &mut problems,
+        "admission.server_check_ms",
+        a.server_check_ms,
+        500,
+    );
+    let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+    let config = Config {
+        device,
+        builtin_seats: raw.builtin_seats.unwrap_or(2),
+        log_level,
+        trusted_keys,
+        bundle_file: raw.license.bundle_file.map(resolve),
+        socket: resolve(raw.paths.socket.unwrap_or_else(|| DEFAULT_SOCKET.into())),
+        runtime_dir: resolve(
+            raw.paths
+                .runtime_dir
+                .unwrap_or_else(|| DEFAULT_RUNTIME_DIR.into()),
+        ),
+        state_dir: resolve(
+            raw.paths
+                .state_dir
+                .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+        ),
+        admission: Admission {
+            over_cap: a.over_cap.unwrap_or(OverCap::Drain),
+            max_connections,
+            idle_timeout,
+            socket_mode,
+            socket_group: a.socket_group,
+            vpn_users: a.vpn_users.unwrap_or_else(|| vec!["root".into()]),
+            vpn_groups: a.vpn_groups.unwrap_or_default(),
+            operator_groups: a.operator_groups.unwrap_or_else(|| vec!["adm".into()]),
+            status_public: a.status_public.unwrap_or(false),
+            server_check,
+        },
+    };
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(problems)
+    }
+}
+
+fn millis(problems: &mut Vec<Problem>, key: &str, value: Option<u64>, default: u64) -> Duration {
+    match value {
+        Some(0) => {
+            problems.push(problem(key, "must be at least 1 (milliseconds)"));
+            Duration::from_millis(default)
+        }
+        v => Duration::from_millis(v.unwrap_or(default)),
+    }
+}
+
+fn valid_serial(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Where the config comes from: `--config`, else `SEATGATE_CONFIG`, else the default.
+pub fn locate(flag: Option<&Path>) -> PathBuf {
+    flag.map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("SEATGATE_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| DEFAULT_PATH.into())
+}
+
+/// Reads, parses and checks a config file, including what only the file
+/// system can tell (the bundle file exists, the users and groups exist).
+/// `SEATGATE_SOCKET` overrides the socket path.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let invalid = |problems| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        problems,
+    };
+    let mut config = parse(&text, base).map_err(invalid)?;
+    if let Some(socket) = std::env::var_os("SEATGATE_SOCKET") {
+        config.socket = socket.into();
+    }
+    let problems = crate::sys::check_config_on_host(&config);
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(invalid(problems))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "O2onvM62pC1io6jQKm8Nc2UyFXcd4kOmOsBIoYtZ2ik=";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse("device = \"ESG-A1\"", Path::new("/etc/seatgate")).unwrap();
+        assert_eq!(c.device, "ESG-A1");
+        assert_eq!(c.builtin_seats, 2);
+        assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(c.admission.socket_mode, 0o660);
+        assert_eq!(c.admission.over_cap, OverCap::Drain);
+        assert_eq!(c.admission.idle_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        let text = format!(
+            "device = \"D\"\n[license]\ntrusted_keys = [\"{KEY}\"]\nbundle_file = \"b.json\"\n[paths]\nsocket = \"run/s.sock\"\n"
+        );
+        let c = parse(&text, Path::new("/opt/demo")).unwrap();
+        assert_eq!(c.bundle_file, Some(PathBuf::from("/opt/demo/b.json")));
+        assert_eq!(c.socket, PathBuf::from("/opt/demo/run/s.sock"));
+        assert_eq!(c.trusted_keys.len(), 1);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let text = "device = \"bad serial!\"\nlog_level = \"loud\"\n[license]\ntrusted_keys = [\"xyz\"]\nbundle_file = \"b\"\n[admission]\nsocket_mode = \"999\"\nmax_connections = 0\nidle_timeout_ms = 0\n";
+        let problems = parse(text, Path::new("/")).unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "device",
+                "license.trusted_keys[0]",
+                "license.trusted_keys",
+                "log_level",
+                "admission.socket_mode",
+                "admission.max_connections",
+                "admission.idle_timeout_ms"
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_syntax_errors_name_the_line() {
+        let problems = parse(
+            "device = \"D\"\n\n[admission]\nmax_conections = 3\n",
+            Path::new("/"),
+        )
+        .unwrap_err();
+        assert_eq!(problems[0].key, "line 4");
+        assert!(
+            problems[0]
+                .message
+                .contains("unknown field `max_conections`"),
+            "{:?}",
+            problems[0]
+        );
+        let problems = parse("device = ", Path::new("/")).unwrap_err();
+        assert_eq!(problems.len(), 1);
+    }
+
+    #[test]
+    fn missing_device_says_what_to_do() {
+        let problems = parse("", Path::new("/")).unwrap_err();
+        assert_eq!(problems[0].key, "device");
+        assert!(problems[0].message.contains("serial"));
+    }
+}

@@ -1,0 +1,460 @@
+//! License records as the cloud sends them, and the rules a record must obey
+//! to count on this gateway.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A shared license must be larger than this to be shared at all.
+pub const MIN_SHARED_SEATS: u32 = 100;
+/// At most this many gateways draw from one pool.
+pub const MAX_POOL_MEMBERS: usize = 3;
+
+/// One license record, exactly as the cloud sends it (field names are the
+/// contract with the cloud).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct License {
+    pub id: String,
+    /// `spc` adds VPN seats; anything else (`pro`, ...) never does.
+    pub product: String,
+    pub sku: String,
+    pub seats: u32,
+    pub term_days: u32,
+    pub issued_at: DateTime<Utc>,
+    #[serde(default)]
+    pub associated_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub activated_at: Option<DateTime<Utc>>,
+    /// Serial of the gateway this record is for.
+    pub device: String,
+    pub binding: Binding,
+    #[serde(default)]
+    pub pool: Option<Pool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Binding {
+    /// The license itself, bound to this gateway.
+    Bound,
+    /// A replica of a shared license bound to another gateway of the pool.
+    Replica,
+}
+
+/// A shared license's pool: all members draw from `seats`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pool {
+    pub id: String,
+    pub seats: u32,
+    pub members: Vec<String>,
+    /// This gateway's fixed share of the pool, when the cloud states one.
+    /// Absent: an equal split rounded down, so the members together can never
+    /// exceed the pool.
+    #[serde(default)]
+    pub share: Option<u32>,
+}
+
+impl License {
+    pub fn is_spc(&self) -> bool {
+        self.product == "spc"
+    }
+}
+
+impl Pool {
+    /// The seats of this pool that this gateway may use.
+    pub fn local_share(&self) -> u32 {
+        self.share
+            .unwrap_or_else(|| self.seats / self.members.len().max(1) as u32)
+    }
+}
+
+/// Why a record was refused. Each reason says what is wrong with the record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("bound to device {other}, not this gateway ({this})")]
+    OtherDevice { other: String, this: String },
+    #[error("has 0 seats")]
+    NoSeats,
+    #[error("has a term of 0 days")]
+    NoTerm,
+    #[error("{field} ({at}) is before issued_at ({issued})")]
+    BeforeIssue {
+        field: &'static str,
+        at: DateTime<Utc>,
+        issued: DateTime<Utc>,
+    },
+    #[error(
+        "is shared, but a pool needs more than {MIN_SHARED_SEATS} seats (pool {pool} has {seats})"
+    )]
+    PoolTooSmall { pool: String, seats: u32 },
+    #[error(
+        "pool {pool} has {count} members; at most {MAX_POOL_MEMBERS} gateways may share a license"
+    )]
+    TooManyMembers { pool: String, count: usize },
+    #[error("pool {pool} lists member {member} twice")]
+    DuplicateMember { pool: String, member: String },
+    #[error("pool {pool} does not list this gateway ({this}) as a member")]
+    NotAMember { pool: String, this: String },
+    #[error("pool {pool} has {pool_seats} seats but the license has {seats}")]
+    PoolSeatsMismatch {
+        pool: String,
+        pool_seats: u32,
+        seats: u32,
+    },
+    #[error("pool {pool} states a share of {share} seats, more than the pool's {seats}")]
+    ShareTooLarge {
+        pool: String,
+        share: u32,
+        seats: u32,
+    },
+    #[error("is a replica but names no pool")]
+    ReplicaWithoutPool,
+    #[error("repeats license id {0}, already listed earlier in the bundle")]
+    DuplicateId(String),
+    #[error("draws from pool {0}, which an earlier record already draws from")]
+    DuplicatePool(String),
+}
+
+/// A record that was refused, with its id and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rejected {
+    pub id: String,
+    pub reason: String,
+}
+
+impl License {
+    /// Checks the record against the vendor's rules for the gateway `this`.
+    pub fn validate(&self, this: &str) -> Result<(), Rejection> {
+        if self.device != this {
+            return Err(Rejection::OtherDevice {
+                other: self.device.clone(),
+                this: this.to_string(),
+            });
+        }
+        if self.seats == 0 {
+            return Err(Rejection::NoSeats);
+        }
+        if self.term_days == 0 {
+            return Err(Rejection::NoTerm);
+        }
+        for (field, at) in [
+            ("associated_at", self.associated_at),
+            ("activated_at", self.activated_at),
+        ] {
+            if let Some(at) = at.filter(|at| *at < self.issued_at) {
+                return Err(Rejection::BeforeIssue {
+                    field,
+                    at,
+                    issued: self.issued_at,
+                });
+            }
+        }
+        match (&self.pool, self.binding) {
+            (None, Binding::Replica) => Err(Rejection::ReplicaWithoutPool),
+            (None, Binding::Bound) => Ok(()),
+            (Some(pool), _) => self.validate_pool(pool, this),
+        }
+    }
+
+    fn validate_pool(&self, pool: &Pool, this: &str) -> Result<(), Rejection> {
+        let id = || pool.id.clone();
+        if pool.seats <= MIN_SHARED_SEATS {
+            return Err(Rejection::PoolTooSmall {
+                pool: id(),
+                seats: pool.seats,
+            });
+        }
+        if pool.seats != self.seats {
+            return Err(Rejection::PoolSeatsMismatch {
+                pool: id(),
+                pool_seats: pool.seats,
+                seats: self.seats,
+            });
+        }
+        if pool.members.len() > MAX_POOL_MEMBERS {
+            return Err(Rejection::TooManyMembers {
+                pool: id(),
+                count: pool.members.len(),
+            });
+        }
+        for (i, member) in pool.members.iter().enumerate() {
+            if pool.members[..i].contains(member) {
+                return Err(Rejection::DuplicateMember {
+                    pool: id(),
+                    member: member.clone(),
+                });
+            }
+        }
+        if !pool.members.iter().any(|m| m == this) {
+            return Err(Rejection::NotAMember {
+                pool: id(),
+                this: this.to_string(),
+            });
+        }
+        if let Some(share) = pool.share.filter(|s| *s > pool.seats) {
+            return Err(Rejection::ShareTooLarge {
+                pool: id(),
+                share,
+                seats: pool.seats,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Splits records into the ones that count on gateway `this` and the ones
+/// refused, each with its reason. Later duplicates of an id or a pool are
+/// refused so no seat is ever counted twice.
+pub fn partition(licenses: &[License], this: &str) -> (Vec<License>, Vec<Rejected>) {
+    let mut valid: Vec<License> = Vec::new();
+    let mut rejected = Vec::new();
+    for lic in licenses {
+        let dup_id = valid.iter().any(|v| v.id == lic.id);
+        let dup_pool = lic.pool.as_ref().and_then(|p| {
+            valid
+                .iter()
+                .filter_map(|v| v.pool.as_ref())
+                .any(|q| q.id == p.id)
+                .then(|| p.id.clone())
+        });
+        let verdict = if dup_id {
+            Err(Rejection::DuplicateId(lic.id.clone()))
+        } else if let Some(pool) = dup_pool {
+            Err(Rejection::DuplicatePool(pool))
+        } else {
+            lic.validate(this)
+        };
+        match verdict {
+            Ok(()) => valid.push(lic.clone()),
+            Err(why) => rejected.push(Rejected {
+                id: lic.id.clone(),
+                reason: why.to_string(),
+            }),
+        }
+    }
+    (valid, rejected)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    pub fn spc(id: &str, seats: u32, term_days: u32, activated: &str) -> License {
+        License {
+            id: id.into(),
+            product: "spc".into(),
+            sku: format!("SPC-{term_days}D-LIC"),
+            seats,
+            term_days,
+            issued_at: t("2026-01-01T00:00:00Z"),
+            associated_at: Some(t(activated)),
+            activated_at: Some(t(activated)),
+            device: "ESG-A1".into(),
+            binding: Binding::Bound,
+            pool: None,
+        }
+    }
+
+    fn pool(seats: u32, members: &[&str]) -> Pool {
+        Pool {
+            id: "POOL-1".into(),
+            seats,
+            members: members.iter().map(|m| m.to_string()).collect(),
+            share: None,
+        }
+    }
+
+    #[test]
+    fn parses_the_cloud_contract_example() {
+        let json = r#"{"id":"LIC-0001","product":"spc","sku":"SPC-1YR-LIC","seats":20,
+            "term_days":365,"issued_at":"2026-01-01T00:00:00Z",
+            "associated_at":"2026-01-10T00:00:00Z","activated_at":"2026-01-10T00:00:00Z",
+            "device":"ESG-A1","binding":"bound","pool":null}"#;
+        let lic: License = serde_json::from_str(json).unwrap();
+        assert_eq!(lic.seats, 20);
+        assert_eq!(lic.binding, Binding::Bound);
+        assert_eq!(lic.validate("ESG-A1"), Ok(()));
+    }
+
+    #[test]
+    fn rejects_unknown_fields() {
+        let json = r#"{"id":"L","product":"spc","sku":"S","seats":1,"term_days":1,
+            "issued_at":"2026-01-01T00:00:00Z","device":"ESG-A1","binding":"bound","extra":1}"#;
+        let err = serde_json::from_str::<License>(json).unwrap_err();
+        assert!(err.to_string().contains("unknown field `extra`"), "{err}");
+    }
+
+    #[test]
+    fn validation_table() {
+        let base = spc("L1", 150, 365, "2026-01-10T00:00:00Z");
+        let cases: Vec<(&str, License, Option<&str>)> = vec![
+            ("plain bound license", base.clone(), None),
+            (
+                "other device",
+                License {
+                    device: "ESG-B2".into(),
+                    ..base.clone()
+                },
+                Some("bound to device ESG-B2, not this gateway (ESG-A1)"),
+            ),
+            (
+                "no seats",
+                License {
+                    seats: 0,
+                    ..base.clone()
+                },
+                Some("has 0 seats"),
+            ),
+            (
+                "no term",
+                License {
+                    term_days: 0,
+                    ..base.clone()
+                },
+                Some("term of 0 days"),
+            ),
+            (
+                "activated before issue",
+                License {
+                    activated_at: Some(t("2025-12-01T00:00:00Z")),
+                    ..base.clone()
+                },
+                Some("activated_at (2025-12-01 00:00:00 UTC) is before issued_at"),
+            ),
+            (
+                "small pool",
+                License {
+                    seats: 100,
+                    pool: Some(pool(100, &["ESG-A1"])),
+                    ..base.clone()
+                },
+                Some("a pool needs more than 100 seats (pool POOL-1 has 100)"),
+            ),
+            (
+                "shared 101 seats is fine",
+                License {
+                    seats: 101,
+                    pool: Some(pool(101, &["ESG-A1", "ESG-B2"])),
+                    ..base.clone()
+                },
+                None,
+            ),
+            (
+                "four members",
+                License {
+                    pool: Some(pool(150, &["ESG-A1", "B", "C", "D"])),
+                    ..base.clone()
+                },
+                Some("has 4 members; at most 3"),
+            ),
+            (
+                "member twice",
+                License {
+                    pool: Some(pool(150, &["ESG-A1", "B", "B"])),
+                    ..base.clone()
+                },
+                Some("lists member B twice"),
+            ),
+            (
+                "replica not listing this device",
+                License {
+                    binding: Binding::Replica,
+                    pool: Some(pool(150, &["B", "C"])),
+                    ..base.clone()
+                },
+                Some("does not list this gateway (ESG-A1)"),
+            ),
+            (
+                "replica without pool",
+                License {
+                    binding: Binding::Replica,
+                    ..base.clone()
+                },
+                Some("is a replica but names no pool"),
+            ),
+            (
+                "pool seats differ",
+                License {
+                    pool: Some(pool(200, &["ESG-A1"])),
+                    ..base.clone()
+                },
+                Some("pool POOL-1 has 200 seats but the license has 150"),
+            ),
+            (
+                "share above pool",
+                License {
+                    pool: Some(Pool {
+                        share: Some(151),
+                        ..pool(150, &["ESG-A1"])
+                    }),
+                    ..base.clone()
+                },
+                Some("share of 151 seats, more than the pool's 150"),
+            ),
+        ];
+        for (name, lic, want) in cases {
+            let got = lic.validate("ESG-A1").map_err(|e| e.to_string());
+            match want {
+                None => assert_eq!(got, Ok(()), "{name}"),
+                Some(text) => {
+                    let err = got.expect_err(name);
+                    assert!(err.contains(text), "{name}: {err:?} lacks {text:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn partition_keeps_valid_records_and_names_the_bad_ones() {
+        let good = spc("L1", 20, 365, "2026-01-10T00:00:00Z");
+        let foreign = License {
+            id: "L2".into(),
+            device: "ESG-Z9".into(),
+            ..good.clone()
+        };
+        let dup = good.clone();
+        let (valid, rejected) = partition(&[good.clone(), foreign, dup], "ESG-A1");
+        assert_eq!(valid, vec![good]);
+        assert_eq!(rejected.len(), 2);
+        assert_eq!(rejected[0].id, "L2");
+        assert!(rejected[0].reason.contains("ESG-Z9"));
+        assert!(rejected[1].reason.contains("repeats license id L1"));
+    }
+
+    #[test]
+    fn partition_refuses_a_second_record_on_the_same_pool() {
+        let shared = License {
+            pool: Some(pool(150, &["ESG-A1", "ESG-B2"])),
+            ..spc("L1", 150, 365, "2026-01-10T00:00:00Z")
+        };
+        let replica = License {
+            id: "L1-R".into(),
+            binding: Binding::Replica,
+            ..shared.clone()
+        };
+        let (valid, rejected) = partition(&[shared, replica], "ESG-A1");
+        assert_eq!(valid.len(), 1);
+        assert!(rejected[0].reason.contains("pool POOL-1"));
+    }
+
+    #[test]
+    fn equal_split_never_oversubscribes() {
+        for members in 1..=3usize {
+            for seats in 101..400u32 {
+                let names: Vec<String> = (0..members).map(|i| format!("G{i}")).collect();
+                let p = Pool {
+                    id: "P".into(),
+                    seats,
+                    members: names,
+                    share: None,
+                };
+                assert!(p.local_share() * members as u32 <= seats);
+            }
+        }
+    }
+}
