@@ -8,6 +8,8 @@ use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 
+use crate::admission::protocol::{Request, Response};
+use crate::client;
 use crate::config;
 use crate::license::bundle::{self, Bundle, SignedBundle};
 use crate::licensing;
@@ -34,6 +36,23 @@ struct ConfigArg {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the daemon (in the foreground; systemd supervises it).
+    Run(ConfigArg),
+    /// Show cap, seats in use, the next cap change and who holds a seat.
+    Status {
+        #[command(flatten)]
+        target: SocketArg,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Operator: free a session's seat by hand (the key as `status` shows it).
+    Evict {
+        #[command(flatten)]
+        target: SocketArg,
+        #[arg(value_name = "KEY")]
+        key: String,
+    },
     /// Check a config file and print every problem found.
     CheckConfig(ConfigArg),
     /// Show the licenses in force, the seat cap and its timeline.
@@ -50,6 +69,29 @@ enum Command {
     /// Make, sign and verify license bundles (air-gapped gateways, demos, tests).
     #[command(subcommand)]
     Bundle(BundleCmd),
+}
+
+#[derive(clap::Args)]
+struct SocketArg {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Socket path [default: $SEATGATE_SOCKET, else the config's, else /run/seatgate/seatgate.sock]
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+}
+
+impl SocketArg {
+    fn path(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .or_else(|| std::env::var_os("SEATGATE_SOCKET").map(PathBuf::from))
+            .or_else(|| {
+                let path = config::locate(self.config.config.as_deref());
+                let text = std::fs::read_to_string(&path).ok()?;
+                config::parse(&text, path.parent()?).ok().map(|c| c.socket)
+            })
+            .unwrap_or_else(|| config::DEFAULT_SOCKET.into())
+    }
 }
 
 #[derive(Subcommand)]
@@ -104,10 +146,71 @@ pub fn main() -> ExitCode {
 
 fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
+        Command::Run(c) => run(c.config.as_deref()),
+        Command::Status { target, json } => status(&target.path(), json),
+        Command::Evict { target, key } => evict(&target.path(), key),
         Command::CheckConfig(c) => check_config(c.config.as_deref()),
         Command::Licenses { config, at, json } => licenses(config.config.as_deref(), at, json),
         Command::Bundle(cmd) => bundle_cmd(cmd),
     }
+}
+
+fn run(flag: Option<&Path>) -> Result<ExitCode> {
+    let path = config::locate(flag);
+    let config = config::load(&path)?;
+    crate::logging::init(&config.log_level);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(crate::daemon::run(path, shutdown_signal()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            tracing::error!("cannot listen for SIGTERM/SIGINT; stopping");
+        }
+    }
+}
+
+const OPERATOR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn status(socket: &Path, json: bool) -> Result<ExitCode> {
+    match client::call(socket, &Request::Status, OPERATOR_TIMEOUT)? {
+        Response::Status(s) if json => println!("{}", serde_json::to_string_pretty(&s.status)?),
+        Response::Status(s) => print!("{}", s.status.render_text()),
+        Response::Error(e) => bail!("{}: {}", socket.display(), e.error.message),
+        other => bail!("{}: unexpected answer {other:?}", socket.display()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn evict(socket: &Path, key: String) -> Result<ExitCode> {
+    match client::call(
+        socket,
+        &Request::Evict { key: key.clone() },
+        OPERATOR_TIMEOUT,
+    )? {
+        Response::Release(r) if r.released => println!("released {key}; {} seats in use", r.in_use),
+        Response::Release(_) => bail!("no session {key:?} holds a seat (see `seatgate status`)"),
+        Response::Error(e) => bail!("{}: {}", socket.display(), e.error.message),
+        other => bail!("{}: unexpected answer {other:?}", socket.display()),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn check_config(flag: Option<&Path>) -> Result<ExitCode> {

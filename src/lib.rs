@@ -10,13 +10,25 @@
 //! - `report`: the license report (pure) behind `seatgate licenses`.
 //! - `store`: atomic file writes.
 //! - `sys`: users and groups, peer credentials, process liveness, systemd.
+//! - `admission/`: seat admission. `protocol` (bytes <-> requests), `table`
+//!   (session table, pure), `journal` (crash-safe persistence), `seats` (table
+//!   + licenses under one lock), `access` (peer rights, pure), `server` (socket).
+//! - `status`: the daemon's status (pure) and its text form.
+//! - `daemon`: `seatgate run`, wiring everything under one shutdown.
+//! - `client`: blocking socket client for hooks and operator commands.
+//! - `logging`: journald-friendly tracing output.
 //! - `cli`: the `seatgate` command line; `main.rs` only calls it.
 
+pub mod admission;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod license;
 pub mod licensing;
+pub mod logging;
 pub mod report;
+pub mod status;
 pub mod store;
 pub mod sys;

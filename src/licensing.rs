@@ -154,7 +154,8 @@ pub fn load(config: &Config, system: DateTime<Utc>) -> Licenses {
 }
 
 /// Stores a newly accepted bundle and the clock's high-water mark atomically.
-pub fn persist(config: &Config, lic: &mut Licenses, now: DateTime<Utc>) -> std::io::Result<()> {
+pub fn persist(config: &Config, lic: &mut Licenses, system: DateTime<Utc>) -> std::io::Result<()> {
+    let now = lic.now(system);
     store::ensure_dir(&config.state_dir, 0o750)?;
     if lic.changed {
         if let Some((signed, _)) = &lic.current {
@@ -266,8 +267,7 @@ mod tests {
         c.bundle_file = Some(dir.path().join("in.json"));
         std::fs::write(c.bundle_file.as_ref().unwrap(), signed(1, 20, 1)).unwrap();
         let mut lic = load(&c, t("2027-02-01T00:00:00Z"));
-        let now = lic.now(t("2027-02-01T00:00:00Z"));
-        persist(&c, &mut lic, now).unwrap();
+        persist(&c, &mut lic, t("2027-02-01T00:00:00Z")).unwrap();
         // Clock set back a year, file gone: the stored bundle and the high water remain.
         std::fs::remove_file(c.bundle_file.as_ref().unwrap()).unwrap();
         let lic = load(&c, t("2026-02-01T00:00:00Z"));

@@ -2,7 +2,7 @@
 //! status: built from data and an instant (pure), rendered as JSON or text.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::license::cap::describe_timeline;
 use crate::license::{Cap, License, Rejected, Status, Step};
@@ -20,7 +20,7 @@ pub struct LicenseReport {
     pub warnings: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BundleInfo {
     pub org: String,
     pub generation: u64,
@@ -49,16 +49,22 @@ pub struct LicenseLine {
     pub seats_now: u32,
 }
 
-impl LicenseReport {
-    pub fn build(device: &str, lic: &Licenses, at: DateTime<Utc>) -> Self {
-        let parts = lic.entitlement.cap_at(at);
-        let bundle = lic.bundle().map(|b| BundleInfo {
+impl BundleInfo {
+    pub fn of(lic: &Licenses, at: DateTime<Utc>) -> Option<Self> {
+        lic.bundle().map(|b| BundleInfo {
             org: b.org.clone(),
             generation: b.generation,
             issued_at: b.issued_at,
             not_after: b.not_after,
             ran_out: at >= b.not_after,
-        });
+        })
+    }
+}
+
+impl LicenseReport {
+    pub fn build(device: &str, lic: &Licenses, at: DateTime<Utc>) -> Self {
+        let parts = lic.entitlement.cap_at(at);
+        let bundle = BundleInfo::of(lic, at);
         LicenseReport {
             device: device.to_string(),
             at,

@@ -64,3 +64,161 @@ pub fn gid_of(name: &str) -> Option<u32> {
         .flatten()
         .map(|g| g.gid.as_raw())
 }
+
+/// Supplementary groups of a process, from /proc/PID/status (empty if gone).
+pub fn supplementary_groups(pid: i32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
+                g.split_whitespace()
+                    .filter_map(|n| n.parse().ok())
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// A process's start time in clock ticks since boot: with the pid, it names
+/// one process even after the pid is reused. None when there is no such
+/// process (or it is a zombie: its sessions are over).
+pub fn process_start_ticks(pid: u32) -> Option<u64> {
+    if pid == 0 {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&stat)
+}
+
+/// Field 3 (state) and field 22 (starttime) of /proc/PID/stat; the command
+/// name in field 2 may hold spaces and parentheses, so fields are counted
+/// after its last ')'.
+fn parse_stat(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if matches!(fields.first(), Some(&"Z") | Some(&"X") | None) {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// Sends a state line to systemd's notify socket, if there is one
+/// (`READY=1`, `STOPPING=1`, `WATCHDOG=1`, `STATUS=...`).
+pub fn notify(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let bytes = path.as_encoded_bytes();
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name),
+        None => SocketAddr::from_pathname(&path),
+    };
+    let sent = UnixDatagram::unbound()
+        .and_then(|s| addr.and_then(|a| s.send_to_addr(state.as_bytes(), &a)));
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+/// How often to ping the systemd watchdog (half its timeout), if it is on
+/// for this process.
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Some(pid) = std::env::var("WATCHDOG_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+    {
+        if pid != std::process::id() {
+            return None;
+        }
+    }
+    (usec > 0).then(|| std::time::Duration::from_micros(usec / 2))
+}
+
+/// The listening socket systemd handed over (socket activation), if any.
+/// Takes fd 3 only when LISTEN_PID names this process, then clears the
+/// variables so children do not inherit them.
+pub fn activated_listener() -> Option<std::os::unix::net::UnixListener> {
+    use std::os::fd::FromRawFd;
+    let pid: u32 = std::env::var("LISTEN_PID").ok()?.parse().ok()?;
+    let fds: u32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
+    if pid != std::process::id() || fds < 1 {
+        return None;
+    }
+    for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        // SAFETY: called once at start-up before any thread is spawned.
+        unsafe { std::env::remove_var(var) };
+    }
+    // SAFETY: systemd passes the first socket as fd 3 and nothing else owns it.
+    let listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(3) };
+    listener.set_nonblocking(true).ok()?;
+    Some(listener)
+}
+
+/// Binds the admission socket with its mode and group set between bind and
+/// listen, so no peer can connect through looser permissions. A stale socket
+/// file nobody answers on is replaced; a live one is an error.
+pub fn bind_socket(
+    path: &std::path::Path,
+    mode: u32,
+    group: Option<u32>,
+) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use nix::sys::socket::{
+        bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+    };
+    use std::io::{Error, ErrorKind};
+    use std::os::unix::fs::PermissionsExt;
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(Error::new(
+                ErrorKind::AddrInUse,
+                format!(
+                    "{} is served by another running seatgate; stop it first",
+                    path.display()
+                ),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    if let Some(dir) = path.parent() {
+        crate::store::ensure_dir(dir, 0o755)?;
+    }
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &UnixAddr::new(path)?)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    if let Some(gid) = group {
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))?;
+    }
+    listen(&fd, Backlog::new(1024).unwrap_or(Backlog::MAXCONN))?;
+    Ok(std::os::unix::net::UnixListener::from(fd))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_parsing_survives_odd_command_names() {
+        let stat =
+            "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 50";
+        assert_eq!(parse_stat(stat), Some(987654));
+        let zombie =
+            "1234 (x) Z 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 50";
+        assert_eq!(parse_stat(zombie), None);
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn own_process_has_a_start_time_and_pid_zero_does_not() {
+        assert!(process_start_ticks(std::process::id()).is_some());
+        assert_eq!(process_start_ticks(0), None);
+        assert_eq!(process_start_ticks(u32::MAX), None);
+    }
+}

@@ -2,12 +2,12 @@
 //! cap changes. Pure: licenses and instants are arguments.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::model::License;
 
 /// The parts a cap is made of, so status can show where seats come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cap {
     pub builtin: u32,
     /// Seats of active `spc` licenses bound to this gateway alone.
@@ -35,7 +35,7 @@ pub struct Entitlement {
 }
 
 /// One step of the timeline: from `at` on, the cap is `cap`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Step {
     pub at: DateTime<Utc>,
     pub cap: u32,

@@ -1,0 +1,331 @@
+//! The socket protocol: one JSON object per line each way, versioned.
+//! Bytes in, typed requests out, typed responses back to bytes; no I/O here.
+//! docs/protocol.md is the reference for every message.
+
+use serde::{Deserialize, Serialize};
+
+use crate::status::Status;
+
+pub const VERSION: u32 = 1;
+/// The longest request line accepted, newline included. Checked before
+/// buffering more, so a peer cannot make the daemon allocate beyond it.
+pub const MAX_LINE: usize = 4096;
+/// Session keys are opaque to the daemon but bounded.
+pub const MAX_KEY: usize = 512;
+
+#[derive(Debug, Deserialize)]
+struct Envelope {
+    v: Option<u32>,
+    #[serde(flatten)]
+    request: Request,
+}
+
+/// A request. Unknown fields are ignored so newer hooks can talk to an
+/// older daemon; the version field says what the fields mean.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// May this VPN session have a seat? Admitting a key that already holds
+    /// a seat answers the same without counting it twice.
+    Admit(AdmitRequest),
+    /// The session ended. Releasing a key that holds no seat does nothing
+    /// (OpenVPN also reports disconnects of clients it rejected).
+    Release { key: String },
+    /// Cap, usage, licenses and the sessions holding seats.
+    Status,
+    /// Liveness check.
+    Ping,
+    /// Operator: free a session's seat by hand.
+    Evict { key: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct AdmitRequest {
+    /// Stable per session; the same key is sent at connect and disconnect.
+    pub key: String,
+    #[serde(default)]
+    pub user: String,
+    /// The VPN server process the session lives in.
+    pub server: ServerRef,
+    #[serde(default)]
+    pub remote: String,
+}
+
+/// Which VPN server process holds a session: when it dies, so do its sessions.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct ServerRef {
+    pub kind: ServerKind,
+    pub pid: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerKind {
+    Openvpn,
+    Ocserv,
+    Other,
+}
+
+/// Why a seat was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DenyReason {
+    /// Every seat of the cap is taken.
+    CapReached,
+    /// The cap dropped below the sessions in use; new sessions wait until
+    /// usage is back under it (drain policy).
+    OverCap,
+    /// The cap is zero: no built-in seats configured and no active license.
+    NoLicense,
+    /// The VPN server process named in the request does not exist.
+    UnknownServer,
+    /// The daemon could not record the session (its runtime directory failed).
+    Internal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Response {
+    Admit(AdmitResponse),
+    Release(ReleaseResponse),
+    Status(Box<StatusResponse>),
+    Pong(PongResponse),
+    Error(ErrorResponse),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdmitResponse {
+    pub ok: bool,
+    pub admitted: bool,
+    /// True when the key already held a seat (a repeated admit).
+    #[serde(default)]
+    pub again: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<DenyReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub cap: u32,
+    pub in_use: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseResponse {
+    pub ok: bool,
+    /// False when the key held no seat.
+    pub released: bool,
+    pub in_use: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusResponse {
+    pub ok: bool,
+    pub status: Status,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PongResponse {
+    pub ok: bool,
+    pub pong: bool,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorResponse {
+    pub ok: bool,
+    pub error: ErrorBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, not UTF-8, or missing/mistyped fields.
+    BadRequest,
+    UnknownOp,
+    UnsupportedVersion,
+    LineTooLong,
+    /// The peer's user/group may not perform this operation.
+    Forbidden,
+    /// No complete line arrived within the idle timeout.
+    Timeout,
+    Busy,
+}
+
+impl Response {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        Response::Error(ErrorResponse {
+            ok: false,
+            error: ErrorBody {
+                code,
+                message: message.into(),
+            },
+        })
+    }
+
+    /// The response as one line, newline included.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec(self).expect("responses always serialise");
+        out.push(b'\n');
+        out
+    }
+}
+
+/// Decodes one request line (without its newline). Every failure maps to
+/// the error response the peer gets.
+pub fn decode(line: &[u8]) -> Result<Request, Response> {
+    let text = std::str::from_utf8(line).map_err(|e| {
+        Response::error(ErrorCode::BadRequest, format!("request is not UTF-8: {e}"))
+    })?;
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| Response::error(ErrorCode::BadRequest, format!("request is not JSON: {e}")))?;
+    let op = value
+        .get("op")
+        .and_then(|op| op.as_str())
+        .map(str::to_owned);
+    let env: Envelope = serde_json::from_value(value).map_err(|e| match op.as_deref() {
+        None => Response::error(
+            ErrorCode::BadRequest,
+            "request has no \"op\" string; send e.g. {\"v\":1,\"op\":\"ping\"}",
+        ),
+        Some(op) if !KNOWN_OPS.contains(&op) => Response::error(
+            ErrorCode::UnknownOp,
+            format!("unknown op {op:?}; known: {}", KNOWN_OPS.join(", ")),
+        ),
+        Some(op) => Response::error(ErrorCode::BadRequest, format!("bad {op} request: {e}")),
+    })?;
+    match env.v {
+        Some(VERSION) => {}
+        Some(v) => {
+            return Err(Response::error(
+                ErrorCode::UnsupportedVersion,
+                format!("protocol version {v} is not supported; this daemon speaks v{VERSION}"),
+            ))
+        }
+        None => {
+            return Err(Response::error(
+                ErrorCode::BadRequest,
+                format!("request has no \"v\"; send \"v\":{VERSION}"),
+            ))
+        }
+    }
+    let key = match &env.request {
+        Request::Admit(a) => Some(&a.key),
+        Request::Release { key } | Request::Evict { key } => Some(key),
+        _ => None,
+    };
+    if let Some(key) = key.filter(|k| k.is_empty() || k.len() > MAX_KEY) {
+        return Err(Response::error(
+            ErrorCode::BadRequest,
+            format!(
+                "session key must be 1 to {MAX_KEY} bytes, got {}",
+                key.len()
+            ),
+        ));
+    }
+    Ok(env.request)
+}
+
+const KNOWN_OPS: [&str; 5] = ["admit", "release", "status", "ping", "evict"];
+
+/// Encodes a request as one line (for clients: the hook, status, tests).
+pub fn encode_request(request: &Request) -> Vec<u8> {
+    let mut value = serde_json::to_value(request).expect("requests always serialise");
+    value["v"] = VERSION.into();
+    let mut out = serde_json::to_vec(&value).expect("requests always serialise");
+    out.push(b'\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(line: &[u8]) -> ErrorCode {
+        match decode(line) {
+            Err(Response::Error(e)) => e.error.code,
+            other => panic!(
+                "expected an error for {:?}, got {other:?}",
+                String::from_utf8_lossy(line)
+            ),
+        }
+    }
+
+    #[test]
+    fn decodes_every_op() {
+        let admit = br#"{"v":1,"op":"admit","key":"k1","user":"alice","server":{"kind":"openvpn","pid":42},"remote":"10.0.0.2","extra":"ignored"}"#;
+        assert_eq!(
+            decode(admit).unwrap(),
+            Request::Admit(AdmitRequest {
+                key: "k1".into(),
+                user: "alice".into(),
+                server: ServerRef {
+                    kind: ServerKind::Openvpn,
+                    pid: 42
+                },
+                remote: "10.0.0.2".into(),
+            })
+        );
+        assert_eq!(
+            decode(br#"{"v":1,"op":"release","key":"k1"}"#).unwrap(),
+            Request::Release { key: "k1".into() }
+        );
+        assert_eq!(
+            decode(br#"{"v":1,"op":"status"}"#).unwrap(),
+            Request::Status
+        );
+        assert_eq!(decode(br#"{"op":"ping","v":1}"#).unwrap(), Request::Ping);
+        assert_eq!(
+            decode(br#"{"v":1,"op":"evict","key":"x"}"#).unwrap(),
+            Request::Evict { key: "x".into() }
+        );
+    }
+
+    #[test]
+    fn requests_round_trip_through_the_encoder() {
+        let req = Request::Release { key: "a b".into() };
+        let line = encode_request(&req);
+        assert_eq!(line.last(), Some(&b'\n'));
+        assert_eq!(decode(&line[..line.len() - 1]).unwrap(), req);
+    }
+
+    #[test]
+    fn malformed_requests_get_the_right_code() {
+        let cases: [(&[u8], ErrorCode); 10] = [
+            (b"hello", ErrorCode::BadRequest),
+            (b"\xff\xfe{}", ErrorCode::BadRequest),
+            (b"{}", ErrorCode::BadRequest),
+            (b"[1,2]", ErrorCode::BadRequest),
+            (br#"{"v":1,"op":"launch"}"#, ErrorCode::UnknownOp),
+            (br#"{"v":1,"op":7}"#, ErrorCode::BadRequest),
+            (br#"{"v":2,"op":"ping"}"#, ErrorCode::UnsupportedVersion),
+            (br#"{"op":"ping"}"#, ErrorCode::BadRequest),
+            (br#"{"v":1,"op":"admit","key":"k"}"#, ErrorCode::BadRequest),
+            (br#"{"v":1,"op":"release","key":""}"#, ErrorCode::BadRequest),
+        ];
+        for (line, want) in cases {
+            assert_eq!(code(line), want, "{}", String::from_utf8_lossy(line));
+        }
+        let long_key = format!(
+            r#"{{"v":1,"op":"release","key":"{}"}}"#,
+            "k".repeat(MAX_KEY + 1)
+        );
+        assert_eq!(code(long_key.as_bytes()), ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn responses_are_single_lines() {
+        let r = Response::error(ErrorCode::Forbidden, "no\nnewline leaks");
+        let bytes = r.encode();
+        assert_eq!(bytes.iter().filter(|b| **b == b'\n').count(), 1);
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(
+            text.starts_with(r#"{"ok":false,"error":{"code":"forbidden""#),
+            "{text}"
+        );
+    }
+}

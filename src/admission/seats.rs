@@ -1,0 +1,178 @@
+//! The seat authority: the session table, its journal and the licenses in
+//! force, kept together behind one lock so every decision sees one cap and
+//! one count. Synchronous and short: never held across an await.
+
+use chrono::{DateTime, Utc};
+
+use super::journal::Journal;
+use super::protocol::{AdmitRequest, AdmitResponse, DenyReason, ReleaseResponse};
+use super::table::{Decision, ServerId, Session, Table};
+use crate::licensing::Licenses;
+use crate::status::Status;
+
+pub struct Seats {
+    pub device: String,
+    table: Table,
+    journal: Journal,
+    licenses: Licenses,
+}
+
+impl Seats {
+    pub fn new(device: String, table: Table, journal: Journal, licenses: Licenses) -> Self {
+        Seats {
+            device,
+            table,
+            journal,
+            licenses,
+        }
+    }
+
+    pub fn licenses(&self) -> &Licenses {
+        &self.licenses
+    }
+
+    pub fn set_licenses(&mut self, licenses: Licenses) {
+        self.licenses = licenses;
+    }
+
+    /// Records that the clock's high-water mark reached `at` on disk.
+    pub fn note_high_water(&mut self, at: Option<DateTime<Utc>>) {
+        self.licenses.high_water = self.licenses.high_water.max(at);
+    }
+
+    pub fn cap(&self, system: DateTime<Utc>) -> u32 {
+        self.licenses
+            .entitlement
+            .cap_at(self.licenses.now(system))
+            .total()
+    }
+
+    pub fn admit(
+        &mut self,
+        req: &AdmitRequest,
+        server: ServerId,
+        system: DateTime<Utc>,
+    ) -> AdmitResponse {
+        let cap = self.cap(system);
+        let (decision, change) = self.table.admit(req, server, cap, system);
+        let mut decision = decision;
+        if let Some(change) = change {
+            if let Err(e) = self.journal.record(&change, &self.table) {
+                tracing::error!(key = %req.key, error = %e, "cannot record the session in the runtime directory; denying it");
+                self.table.forget(&req.key);
+                decision = Decision::Denied(DenyReason::Internal);
+            }
+        }
+        self.respond(req, decision, cap)
+    }
+
+    /// Refuses an admission decided outside the table (e.g. an unknown server).
+    pub fn deny(
+        &mut self,
+        req: &AdmitRequest,
+        reason: DenyReason,
+        system: DateTime<Utc>,
+    ) -> AdmitResponse {
+        self.table.denials += 1;
+        let cap = self.cap(system);
+        self.respond(req, Decision::Denied(reason), cap)
+    }
+
+    fn respond(&self, req: &AdmitRequest, decision: Decision, cap: u32) -> AdmitResponse {
+        let in_use = self.table.in_use();
+        match decision {
+            Decision::Admitted { again } => {
+                if !again {
+                    tracing::info!(key = %req.key, user = %req.user, remote = %req.remote, in_use, cap, "seat admitted");
+                }
+                AdmitResponse {
+                    ok: true,
+                    admitted: true,
+                    again,
+                    reason: None,
+                    message: None,
+                    cap,
+                    in_use,
+                }
+            }
+            Decision::Denied(reason) => {
+                let message = deny_message(reason, cap, in_use);
+                tracing::info!(key = %req.key, user = %req.user, remote = %req.remote, ?reason, in_use, cap, "seat denied: {message}");
+                AdmitResponse {
+                    ok: true,
+                    admitted: false,
+                    again: false,
+                    reason: Some(reason),
+                    message: Some(message),
+                    cap,
+                    in_use,
+                }
+            }
+        }
+    }
+
+    pub fn release(&mut self, key: &str) -> ReleaseResponse {
+        let released = self.table.release(key);
+        if let Some((session, change)) = &released {
+            if let Err(e) = self.journal.record(change, &self.table) {
+                tracing::error!(key, error = %e, "cannot record a release; a restart before the next snapshot would bring this session back until its server is checked");
+            }
+            tracing::info!(key, user = %session.user, in_use = self.table.in_use(), "seat released");
+        }
+        ReleaseResponse {
+            ok: true,
+            released: released.is_some(),
+            in_use: self.table.in_use(),
+        }
+    }
+
+    /// The VPN server processes sessions live in (to check outside the lock).
+    pub fn servers(&self) -> Vec<ServerId> {
+        self.table.servers()
+    }
+
+    /// Releases every session of a server process that is gone.
+    pub fn release_server(&mut self, server: ServerId) -> Vec<Session> {
+        let freed = self.table.release_server(server);
+        for (_, change) in &freed {
+            if let Err(e) = self.journal.record(change, &self.table) {
+                tracing::error!(error = %e, "cannot record a release");
+            }
+        }
+        if !freed.is_empty() {
+            tracing::warn!(pid = server.pid, kind = ?server.kind, freed = freed.len(), in_use = self.table.in_use(), "VPN server process is gone; its seats are free again");
+        }
+        freed.into_iter().map(|(s, _)| s).collect()
+    }
+
+    pub fn status(&self, system: DateTime<Utc>) -> Status {
+        Status::build(
+            &self.device,
+            &self.table,
+            &self.licenses,
+            self.licenses.now(system),
+        )
+    }
+
+    /// Folds the journal into a snapshot (clean shutdown).
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.journal.compact(&self.table)
+    }
+}
+
+fn deny_message(reason: DenyReason, cap: u32, in_use: u32) -> String {
+    match reason {
+        DenyReason::CapReached => format!("all {cap} seats are in use"),
+        DenyReason::OverCap => format!(
+            "{in_use} sessions hold seats but the cap is now {cap}; new sessions wait until {} end",
+            in_use - cap + 1
+        ),
+        DenyReason::NoLicense => {
+            "the seat cap is 0: no built-in seats and no active license".into()
+        }
+        DenyReason::UnknownServer => {
+            "the VPN server process named in the request does not exist".into()
+        }
+        DenyReason::Internal => "the daemon could not record the session; see its log".into(),
+    }
+}

@@ -1,0 +1,306 @@
+//! The session table: who holds a seat. Check-and-insert is one step on
+//! `&mut self`, so with the table behind one lock exactly `cap` sessions get
+//! in however many ask at once. Pure: the cap and the instant are arguments.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::protocol::{AdmitRequest, DenyReason, ServerKind};
+
+/// A VPN server process, identified across pid reuse by its start time in
+/// clock ticks since boot (from /proc/PID/stat).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ServerId {
+    pub kind: ServerKind,
+    pub pid: u32,
+    pub start_ticks: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub key: String,
+    pub user: String,
+    pub remote: String,
+    pub server: ServerId,
+    pub since: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Admitted { again: bool },
+    Denied(DenyReason),
+}
+
+/// A change to the table, as the journal records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    Admit(Session),
+    Release(String),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Table {
+    sessions: HashMap<String, Session>,
+    /// Highest number of sessions ever held at once.
+    pub peak: u32,
+    #[serde(default)]
+    pub peak_at: Option<DateTime<Utc>>,
+    /// Admissions refused since the table was created.
+    #[serde(default)]
+    pub denials: u64,
+}
+
+impl Table {
+    pub fn in_use(&self) -> u32 {
+        u32::try_from(self.sessions.len()).unwrap_or(u32::MAX)
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Session> {
+        self.sessions.get(key)
+    }
+
+    pub fn sessions(&self) -> impl Iterator<Item = &Session> {
+        self.sessions.values()
+    }
+
+    /// Decides an admission against `cap`. On admission the returned change
+    /// must be journaled before the answer goes out.
+    pub fn admit(
+        &mut self,
+        req: &AdmitRequest,
+        server: ServerId,
+        cap: u32,
+        now: DateTime<Utc>,
+    ) -> (Decision, Option<Change>) {
+        if self.sessions.contains_key(&req.key) {
+            return (Decision::Admitted { again: true }, None);
+        }
+        let in_use = self.in_use();
+        let denied = if cap == 0 {
+            Some(DenyReason::NoLicense)
+        } else if in_use > cap {
+            Some(DenyReason::OverCap)
+        } else if in_use == cap {
+            Some(DenyReason::CapReached)
+        } else {
+            None
+        };
+        if let Some(reason) = denied {
+            self.denials += 1;
+            return (Decision::Denied(reason), None);
+        }
+        let session = Session {
+            key: req.key.clone(),
+            user: req.user.clone(),
+            remote: req.remote.clone(),
+            server,
+            since: now,
+        };
+        let change = Change::Admit(session);
+        self.apply(&change, now);
+        (Decision::Admitted { again: false }, Some(change))
+    }
+
+    /// Frees a session's seat. Unknown keys are no-ops and return None.
+    pub fn release(&mut self, key: &str) -> Option<(Session, Change)> {
+        let session = self.sessions.remove(key)?;
+        Some((session, Change::Release(key.to_string())))
+    }
+
+    /// Undoes an admission whose journal write failed.
+    pub fn forget(&mut self, key: &str) {
+        self.sessions.remove(key);
+    }
+
+    /// Applies a recorded change (journal replay). Idempotent per key.
+    pub fn apply(&mut self, change: &Change, now: DateTime<Utc>) {
+        match change {
+            Change::Admit(s) => {
+                self.sessions.insert(s.key.clone(), s.clone());
+                if self.in_use() > self.peak {
+                    self.peak = self.in_use();
+                    self.peak_at = Some(now.max(s.since));
+                }
+            }
+            Change::Release(key) => {
+                self.sessions.remove(key);
+            }
+        }
+    }
+
+    /// The distinct VPN server processes sessions live in.
+    pub fn servers(&self) -> Vec<ServerId> {
+        let mut ids: Vec<ServerId> = self.sessions.values().map(|s| s.server).collect();
+        ids.sort_by_key(|s| (s.pid, s.start_ticks));
+        ids.dedup();
+        ids
+    }
+
+    /// Releases every session of a server that is gone.
+    pub fn release_server(&mut self, server: ServerId) -> Vec<(Session, Change)> {
+        let keys: Vec<String> = self
+            .sessions
+            .values()
+            .filter(|s| s.server == server)
+            .map(|s| s.key.clone())
+            .collect();
+        keys.iter().filter_map(|k| self.release(k)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admission::protocol::ServerRef;
+    use proptest::prelude::*;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-27T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn req(key: &str) -> AdmitRequest {
+        AdmitRequest {
+            key: key.into(),
+            user: "alice".into(),
+            server: ServerRef {
+                kind: ServerKind::Openvpn,
+                pid: 10,
+            },
+            remote: "192.0.2.1".into(),
+        }
+    }
+
+    fn server(pid: u32) -> ServerId {
+        ServerId {
+            kind: ServerKind::Openvpn,
+            pid,
+            start_ticks: 7,
+        }
+    }
+
+    #[test]
+    fn admits_up_to_the_cap_then_denies() {
+        let mut t = Table::default();
+        for i in 0..3 {
+            assert_eq!(
+                t.admit(&req(&format!("k{i}")), server(10), 3, now()).0,
+                Decision::Admitted { again: false }
+            );
+        }
+        assert_eq!(
+            t.admit(&req("k3"), server(10), 3, now()).0,
+            Decision::Denied(DenyReason::CapReached)
+        );
+        assert_eq!(t.in_use(), 3);
+        assert_eq!(t.denials, 1);
+        assert_eq!(t.peak, 3);
+    }
+
+    #[test]
+    fn repeated_admit_does_not_count_twice() {
+        let mut t = Table::default();
+        t.admit(&req("k"), server(10), 1, now());
+        let (d, change) = t.admit(&req("k"), server(10), 1, now());
+        assert_eq!(d, Decision::Admitted { again: true });
+        assert_eq!(change, None);
+        assert_eq!(t.in_use(), 1);
+    }
+
+    #[test]
+    fn releasing_unknown_keys_changes_nothing() {
+        let mut t = Table::default();
+        t.admit(&req("k"), server(10), 2, now());
+        // A rejected client's disconnect: its key never got a seat.
+        assert_eq!(
+            t.admit(&req("k2"), server(10), 1, now()).0,
+            Decision::Denied(DenyReason::CapReached)
+        );
+        assert!(t.release("k2").is_none());
+        assert_eq!(t.in_use(), 1);
+    }
+
+    #[test]
+    fn over_cap_drains() {
+        let mut t = Table::default();
+        for i in 0..5 {
+            t.admit(&req(&format!("k{i}")), server(10), 5, now());
+        }
+        // The cap dropped to 2: existing sessions stay, new ones wait.
+        assert_eq!(
+            t.admit(&req("new"), server(10), 2, now()).0,
+            Decision::Denied(DenyReason::OverCap)
+        );
+        for i in 0..3 {
+            t.release(&format!("k{i}"));
+        }
+        assert_eq!(
+            t.admit(&req("new"), server(10), 2, now()).0,
+            Decision::Denied(DenyReason::CapReached)
+        );
+        t.release("k3");
+        assert_eq!(
+            t.admit(&req("new"), server(10), 2, now()).0,
+            Decision::Admitted { again: false }
+        );
+    }
+
+    #[test]
+    fn zero_cap_is_no_license() {
+        let mut t = Table::default();
+        assert_eq!(
+            t.admit(&req("k"), server(10), 0, now()).0,
+            Decision::Denied(DenyReason::NoLicense)
+        );
+    }
+
+    #[test]
+    fn dead_server_releases_only_its_sessions() {
+        let mut t = Table::default();
+        t.admit(&req("a"), server(10), 9, now());
+        t.admit(&req("b"), server(10), 9, now());
+        t.admit(&req("c"), server(11), 9, now());
+        assert_eq!(t.servers(), vec![server(10), server(11)]);
+        let freed = t.release_server(server(10));
+        assert_eq!(freed.len(), 2);
+        assert_eq!(t.in_use(), 1);
+        assert!(t.get("c").is_some());
+    }
+
+    proptest! {
+        /// Any interleaving of admits and releases: in-use never exceeds the
+        /// cap, and replaying the changes rebuilds the same table.
+        #[test]
+        fn never_over_cap_and_replay_is_exact(
+            cap in 0u32..8,
+            ops in prop::collection::vec((any::<bool>(), 0u8..12), 0..200),
+        ) {
+            let mut t = Table::default();
+            let mut log = Vec::new();
+            for (is_admit, k) in ops {
+                let key = format!("k{k}");
+                if is_admit {
+                    let (_, change) = t.admit(&req(&key), server(10), cap, now());
+                    log.extend(change);
+                } else if let Some((_, change)) = t.release(&key) {
+                    log.push(change);
+                }
+                prop_assert!(t.in_use() <= cap);
+            }
+            let mut replayed = Table::default();
+            for c in &log {
+                replayed.apply(c, now());
+            }
+            prop_assert_eq!(&replayed.sessions, &t.sessions);
+            // Replaying the whole log again over the final state changes nothing.
+            for c in &log {
+                replayed.apply(c, now());
+            }
+            prop_assert_eq!(replayed.sessions, t.sessions);
+        }
+    }
+}

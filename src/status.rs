@@ -1,0 +1,140 @@
+//! The daemon's status: built from the session table, the licenses and an
+//! instant (pure), sent as JSON over the socket, rendered as text for people.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::admission::protocol::ServerKind;
+use crate::admission::table::Table;
+use crate::license::cap::describe_timeline;
+use crate::license::{Cap, Step};
+use crate::licensing::Licenses;
+use crate::report::BundleInfo;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub device: String,
+    pub now: DateTime<Utc>,
+    pub cap: Cap,
+    pub cap_total: u32,
+    pub in_use: u32,
+    pub free: u32,
+    /// Sessions above the cap (after a license expired or moved away);
+    /// they drain, no new session gets in until this is 0.
+    pub over_cap_by: u32,
+    pub peak: u32,
+    pub peak_at: Option<DateTime<Utc>>,
+    pub denials: u64,
+    pub next_change: Option<Step>,
+    pub timeline: Vec<Step>,
+    pub bundle: Option<BundleInfo>,
+    pub warnings: Vec<String>,
+    pub sessions: Vec<SessionInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub key: String,
+    pub user: String,
+    pub remote: String,
+    pub server: ServerKind,
+    pub server_pid: u32,
+    pub since: DateTime<Utc>,
+}
+
+impl Status {
+    pub fn build(device: &str, table: &Table, lic: &Licenses, now: DateTime<Utc>) -> Status {
+        let cap = lic.entitlement.cap_at(now);
+        let total = cap.total();
+        let in_use = table.in_use();
+        let timeline = lic.entitlement.timeline(now);
+        let mut sessions: Vec<SessionInfo> = table
+            .sessions()
+            .map(|s| SessionInfo {
+                key: s.key.clone(),
+                user: s.user.clone(),
+                remote: s.remote.clone(),
+                server: s.server.kind,
+                server_pid: s.server.pid,
+                since: s.since,
+            })
+            .collect();
+        sessions.sort_by(|a, b| (a.since, &a.key).cmp(&(b.since, &b.key)));
+        Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            device: device.into(),
+            now,
+            cap,
+            cap_total: total,
+            in_use,
+            free: total.saturating_sub(in_use),
+            over_cap_by: in_use.saturating_sub(total),
+            peak: table.peak,
+            peak_at: table.peak_at,
+            denials: table.denials,
+            next_change: timeline.first().copied(),
+            timeline,
+            bundle: BundleInfo::of(lic, now),
+            warnings: lic.warnings.clone(),
+            sessions,
+        }
+    }
+
+    pub fn render_text(&self) -> String {
+        let mut out = format!(
+            "seatgate {} on {}: {} of {} seats in use, {} free\n",
+            self.version, self.device, self.in_use, self.cap_total, self.free
+        );
+        out.push_str(&format!(
+            "cap: {} built-in + {} licensed + {} pooled\n",
+            self.cap.builtin, self.cap.licensed, self.cap.pooled
+        ));
+        if self.over_cap_by > 0 {
+            out.push_str(&format!(
+                "** OVER CAP BY {}: existing sessions drain, new ones are denied **\n",
+                self.over_cap_by
+            ));
+        }
+        out.push_str(&format!(
+            "timeline: {}\n",
+            describe_timeline(self.cap_total, &self.timeline)
+        ));
+        match &self.bundle {
+            Some(b) if b.ran_out => out.push_str(&format!(
+                "bundle: generation {} RAN OUT at {}: built-in seats only until a fresh bundle arrives\n",
+                b.generation, b.not_after
+            )),
+            Some(b) => out.push_str(&format!("bundle: generation {}, valid until {}\n", b.generation, b.not_after)),
+            None => out.push_str("bundle: none (built-in seats only)\n"),
+        }
+        let peak_at = self.peak_at.map_or(String::new(), |t| {
+            format!(" at {}", t.format("%Y-%m-%d %H:%M:%S"))
+        });
+        out.push_str(&format!(
+            "peak: {}{peak_at}; denials: {}\n",
+            self.peak, self.denials
+        ));
+        for w in &self.warnings {
+            out.push_str(&format!("warning: {w}\n"));
+        }
+        if !self.sessions.is_empty() {
+            out.push_str(&format!(
+                "\n{:<20} {:<18} {:<8} {:>8}  {:<20} {}\n",
+                "USER", "REMOTE", "SERVER", "PID", "SINCE", "KEY"
+            ));
+            for s in &self.sessions {
+                out.push_str(&format!(
+                    "{:<20} {:<18} {:<8} {:>8}  {:<20} {}\n",
+                    s.user,
+                    s.remote,
+                    format!("{:?}", s.server).to_lowercase(),
+                    s.server_pid,
+                    s.since.format("%Y-%m-%d %H:%M:%S"),
+                    s.key
+                ));
+            }
+        }
+        out
+    }
+}
