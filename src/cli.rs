@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use crate::admission::protocol::{Request, Response};
 use crate::client;
 use crate::config;
+use crate::hook;
 use crate::license::bundle::{self, Bundle, SignedBundle};
 use crate::licensing;
 use crate::report::LicenseReport;
@@ -53,6 +54,9 @@ enum Command {
         #[arg(value_name = "KEY")]
         key: String,
     },
+    /// The VPN server's hook: exit 0 admits, 1 rejects.
+    #[command(subcommand)]
+    Hook(HookCmd),
     /// Check a config file and print every problem found.
     CheckConfig(ConfigArg),
     /// Show the licenses in force, the seat cap and its timeline.
@@ -69,6 +73,27 @@ enum Command {
     /// Make, sign and verify license bundles (air-gapped gateways, demos, tests).
     #[command(subcommand)]
     Bundle(BundleCmd),
+}
+
+#[derive(Subcommand)]
+enum HookCmd {
+    /// OpenVPN client-connect and client-disconnect (script-security 2).
+    Openvpn(HookArgs),
+    /// ocserv connect-script and disconnect-script.
+    Ocserv(HookArgs),
+}
+
+#[derive(clap::Args)]
+struct HookArgs {
+    /// Socket path [default: $SEATGATE_SOCKET, else /run/seatgate/seatgate.sock]
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Give up after this long [default: $SEATGATE_HOOK_TIMEOUT_MS, else 500]
+    #[arg(long, value_name = "MS")]
+    timeout_ms: Option<u64>,
+    /// When the daemon cannot answer [default: $SEATGATE_HOOK_ON_ERROR, else reject]
+    #[arg(long, value_enum)]
+    on_error: Option<hook::OnError>,
 }
 
 #[derive(clap::Args)]
@@ -149,6 +174,15 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Run(c) => run(c.config.as_deref()),
         Command::Status { target, json } => status(&target.path(), json),
         Command::Evict { target, key } => evict(&target.path(), key),
+        Command::Hook(cmd) => {
+            let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+            let (name, args, action) = match cmd {
+                HookCmd::Openvpn(a) => ("openvpn", a, hook::openvpn::action(&env)),
+                HookCmd::Ocserv(a) => ("ocserv", a, hook::ocserv::action(&env)),
+            };
+            let (settings, warnings) = hook::Settings::resolve(&env, args.socket, args.timeout_ms, args.on_error);
+            Ok(hook::run(name, action, &settings, &warnings))
+        }
         Command::CheckConfig(c) => check_config(c.config.as_deref()),
         Command::Licenses { config, at, json } => licenses(config.config.as_deref(), at, json),
         Command::Bundle(cmd) => bundle_cmd(cmd),

@@ -16,6 +16,7 @@
 //! - `status`: the daemon's status (pure) and its text form.
 //! - `daemon`: `seatgate run`, wiring everything under one shutdown.
 //! - `client`: blocking socket client for hooks and operator commands.
+//! - `hook/`: VPN server adapters (`openvpn`, `ocserv`): environment to request (pure).
 //! - `logging`: journald-friendly tracing output.
 //! - `cli`: the `seatgate` command line; `main.rs` only calls it.
 
@@ -25,6 +26,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod hook;
 pub mod license;
 pub mod licensing;
 pub mod logging;
