@@ -180,7 +180,8 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 HookCmd::Openvpn(a) => ("openvpn", a, hook::openvpn::action(&env)),
                 HookCmd::Ocserv(a) => ("ocserv", a, hook::ocserv::action(&env)),
             };
-            let (settings, warnings) = hook::Settings::resolve(&env, args.socket, args.timeout_ms, args.on_error);
+            let (settings, warnings) =
+                hook::Settings::resolve(&env, args.socket, args.timeout_ms, args.on_error);
             Ok(hook::run(name, action, &settings, &warnings))
         }
         Command::CheckConfig(c) => check_config(c.config.as_deref()),

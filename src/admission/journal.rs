@@ -28,7 +28,8 @@ impl Journal {
     /// Loads snapshot + journal from `dir`, folds them into a new snapshot and
     /// opens an empty journal. Warnings say what could not be read.
     pub fn open(dir: &Path, now: DateTime<Utc>) -> io::Result<(Journal, Table, Vec<String>)> {
-        store::ensure_dir(dir, 0o750)?;
+        // Traversable: the socket usually lives here; the files are 0640.
+        store::ensure_dir(dir, 0o755)?;
         let mut warnings = Vec::new();
         let mut table = match store::read_optional(&dir.join(SNAPSHOT))? {
             None => Table::default(),

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -175,7 +175,18 @@ async fn connection(
                 false,
             ),
         };
-        if wr.write_all(&response.encode()).await.is_err() || !keep_going {
+        if wr.write_all(&response.encode()).await.is_err() {
+            return;
+        }
+        if !keep_going {
+            // Closing with unread input would reset the connection and the
+            // peer might never read the error: stop writing, then discard
+            // what it still sends, bounded in bytes and time.
+            let _ = wr.shutdown().await;
+            let mut sink = tokio::io::sink();
+            let mut rest = (&mut reader).take(1 << 20);
+            let drain = tokio::io::copy(&mut rest, &mut sink);
+            let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
             return;
         }
     }

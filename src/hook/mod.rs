@@ -48,7 +48,12 @@ impl Settings {
     /// Flags win over variables (SEATGATE_SOCKET, SEATGATE_HOOK_TIMEOUT_MS,
     /// SEATGATE_HOOK_ON_ERROR), variables over defaults. Bad variable values
     /// fall back to the defaults with a warning: a hook must still answer.
-    pub fn resolve(env: &HashMap<String, String>, socket: Option<PathBuf>, timeout_ms: Option<u64>, on_error: Option<OnError>) -> (Settings, Vec<String>) {
+    pub fn resolve(
+        env: &HashMap<String, String>,
+        socket: Option<PathBuf>,
+        timeout_ms: Option<u64>,
+        on_error: Option<OnError>,
+    ) -> (Settings, Vec<String>) {
         let mut warnings = Vec::new();
         let timeout_ms = timeout_ms.or_else(|| {
             let v = env.get("SEATGATE_HOOK_TIMEOUT_MS")?;
@@ -60,13 +65,17 @@ impl Settings {
                 }
             }
         });
-        let on_error = on_error.or_else(|| match env.get("SEATGATE_HOOK_ON_ERROR").map(String::as_str) {
-            None => None,
-            Some("reject") => Some(OnError::Reject),
-            Some("admit") => Some(OnError::Admit),
-            Some(v) => {
-                warnings.push(format!("SEATGATE_HOOK_ON_ERROR={v:?} is not reject or admit; rejecting on errors"));
-                None
+        let on_error = on_error.or_else(|| {
+            match env.get("SEATGATE_HOOK_ON_ERROR").map(String::as_str) {
+                None => None,
+                Some("reject") => Some(OnError::Reject),
+                Some("admit") => Some(OnError::Admit),
+                Some(v) => {
+                    warnings.push(format!(
+                        "SEATGATE_HOOK_ON_ERROR={v:?} is not reject or admit; rejecting on errors"
+                    ));
+                    None
+                }
             }
         });
         let settings = Settings {
@@ -82,7 +91,12 @@ impl Settings {
 
 /// Runs one hook call: exit 0 admits (or acknowledges a disconnect), 1 rejects.
 /// Each call prints one line on stderr, which the VPN server puts in its log.
-pub fn run(name: &str, action: Result<Action, String>, settings: &Settings, warnings: &[String]) -> ExitCode {
+pub fn run(
+    name: &str,
+    action: Result<Action, String>,
+    settings: &Settings,
+    warnings: &[String],
+) -> ExitCode {
     for w in warnings {
         eprintln!("seatgate hook {name}: warning: {w}");
     }
@@ -102,23 +116,34 @@ pub fn run(name: &str, action: Result<Action, String>, settings: &Settings, warn
     let us = started.elapsed().as_micros();
     match (action, answer) {
         (Action::Connect(a), Ok(Response::Admit(r))) if r.admitted => {
-            eprintln!("seatgate hook {name}: admitted {} ({} of {} seats in use, {us} us)", a.user, r.in_use, r.cap);
+            eprintln!(
+                "seatgate hook {name}: admitted {} ({} of {} seats in use, {us} us)",
+                a.user, r.in_use, r.cap
+            );
             ExitCode::SUCCESS
         }
         (Action::Connect(a), Ok(Response::Admit(r))) => {
             let why = r.message.unwrap_or_else(|| "denied".into());
-            eprintln!("seatgate hook {name}: REJECTED {}: {why} ({} of {} seats in use)", a.user, r.in_use, r.cap);
+            eprintln!(
+                "seatgate hook {name}: REJECTED {}: {why} ({} of {} seats in use)",
+                a.user, r.in_use, r.cap
+            );
             ExitCode::FAILURE
         }
         (Action::Disconnect { .. }, Ok(Response::Release(r))) => {
             if r.released {
-                eprintln!("seatgate hook {name}: released {key} ({} seats in use)", r.in_use);
+                eprintln!(
+                    "seatgate hook {name}: released {key} ({} seats in use)",
+                    r.in_use
+                );
             }
             ExitCode::SUCCESS
         }
         (action, answer) => {
             let why = match answer {
-                Ok(Response::Error(e)) => format!("daemon refused the request: {}", e.error.message),
+                Ok(Response::Error(e)) => {
+                    format!("daemon refused the request: {}", e.error.message)
+                }
                 Ok(other) => format!("unexpected answer {other:?}"),
                 Err(e) => e.to_string(),
             };
@@ -129,7 +154,9 @@ pub fn run(name: &str, action: Result<Action, String>, settings: &Settings, warn
                     ExitCode::SUCCESS
                 }
                 Action::Connect(_) if settings.on_error == OnError::Admit => {
-                    eprintln!("seatgate hook {name}: ADMITTED WITHOUT A SEAT (on_error=admit): {why}");
+                    eprintln!(
+                        "seatgate hook {name}: ADMITTED WITHOUT A SEAT (on_error=admit): {why}"
+                    );
                     ExitCode::SUCCESS
                 }
                 Action::Connect(_) => {
@@ -159,23 +186,44 @@ mod tests {
 
     #[test]
     fn settings_resolution() {
-        let env: HashMap<String, String> = [("SEATGATE_SOCKET", "/tmp/s"), ("SEATGATE_HOOK_TIMEOUT_MS", "250"), ("SEATGATE_HOOK_ON_ERROR", "admit")]
-            .into_iter()
-            .map(|(k, v)| (k.into(), v.into()))
-            .collect();
+        let env: HashMap<String, String> = [
+            ("SEATGATE_SOCKET", "/tmp/s"),
+            ("SEATGATE_HOOK_TIMEOUT_MS", "250"),
+            ("SEATGATE_HOOK_ON_ERROR", "admit"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
         let (s, w) = Settings::resolve(&env, None, None, None);
         assert!(w.is_empty());
         assert_eq!(s.socket, PathBuf::from("/tmp/s"));
         assert_eq!(s.timeout, Duration::from_millis(250));
         assert_eq!(s.on_error, OnError::Admit);
         let (s, _) = Settings::resolve(&env, Some("/x".into()), Some(9), Some(OnError::Reject));
-        assert_eq!((s.socket, s.timeout, s.on_error), (PathBuf::from("/x"), Duration::from_millis(9), OnError::Reject));
+        assert_eq!(
+            (s.socket, s.timeout, s.on_error),
+            (
+                PathBuf::from("/x"),
+                Duration::from_millis(9),
+                OnError::Reject
+            )
+        );
         let (s, _) = Settings::resolve(&HashMap::new(), None, None, None);
-        assert_eq!((s.socket, s.timeout, s.on_error), (PathBuf::from(DEFAULT_SOCKET), Duration::from_millis(DEFAULT_TIMEOUT_MS), OnError::Reject));
-        let bad: HashMap<String, String> = [("SEATGATE_HOOK_TIMEOUT_MS", "soon"), ("SEATGATE_HOOK_ON_ERROR", "maybe")]
-            .into_iter()
-            .map(|(k, v)| (k.into(), v.into()))
-            .collect();
+        assert_eq!(
+            (s.socket, s.timeout, s.on_error),
+            (
+                PathBuf::from(DEFAULT_SOCKET),
+                Duration::from_millis(DEFAULT_TIMEOUT_MS),
+                OnError::Reject
+            )
+        );
+        let bad: HashMap<String, String> = [
+            ("SEATGATE_HOOK_TIMEOUT_MS", "soon"),
+            ("SEATGATE_HOOK_ON_ERROR", "maybe"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
         let (s, w) = Settings::resolve(&bad, None, None, None);
         assert_eq!(w.len(), 2);
         assert_eq!(s.on_error, OnError::Reject);

@@ -10,17 +10,24 @@ use crate::admission::protocol::{AdmitRequest, ServerKind, ServerRef};
 
 pub fn action(env: &HashMap<String, String>) -> Result<Action, String> {
     let id = need(env, "ID")?;
-    let pid: u32 = id.parse().map_err(|_| format!("ID={id:?} is not a worker process id"))?;
+    let pid: u32 = id
+        .parse()
+        .map_err(|_| format!("ID={id:?} is not a worker process id"))?;
     let key = format!("ocserv:{pid}:{}", get(env, "USERNAME"));
     match need(env, "REASON")? {
         "connect" => Ok(Action::Connect(AdmitRequest {
             key,
             user: get(env, "USERNAME").to_string(),
-            server: ServerRef { kind: ServerKind::Ocserv, pid },
+            server: ServerRef {
+                kind: ServerKind::Ocserv,
+                pid,
+            },
             remote: get(env, "IP_REAL").to_string(),
         })),
         "disconnect" => Ok(Action::Disconnect { key }),
-        other => Err(format!("REASON={other:?}: set this hook as connect-script and disconnect-script only")),
+        other => Err(format!(
+            "REASON={other:?}: set this hook as connect-script and disconnect-script only"
+        )),
     }
 }
 
@@ -29,19 +36,37 @@ mod tests {
     use super::*;
 
     fn sample(text: &str) -> HashMap<String, String> {
-        text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        text.lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn real_ocserv_environment() {
-        let env = sample(include_str!("../../tests/vpn/env-samples/ocserv-connect.env"));
-        let Action::Connect(req) = action(&env).unwrap() else { panic!("connect expected") };
+        let env = sample(include_str!(
+            "../../tests/vpn/env-samples/ocserv-connect.env"
+        ));
+        let Action::Connect(req) = action(&env).unwrap() else {
+            panic!("connect expected")
+        };
         assert_eq!(req.user, "user1");
-        assert_eq!(req.server, ServerRef { kind: ServerKind::Ocserv, pid: 14500 });
+        assert_eq!(
+            req.server,
+            ServerRef {
+                kind: ServerKind::Ocserv,
+                pid: 14500
+            }
+        );
         assert_eq!(req.key, "ocserv:14500:user1");
         let mut env = env;
         env.insert("REASON".into(), "disconnect".into());
-        assert_eq!(action(&env).unwrap(), Action::Disconnect { key: "ocserv:14500:user1".into() });
+        assert_eq!(
+            action(&env).unwrap(),
+            Action::Disconnect {
+                key: "ocserv:14500:user1".into()
+            }
+        );
         env.insert("REASON".into(), "host-update".into());
         assert!(action(&env).is_err());
         env.remove("ID");

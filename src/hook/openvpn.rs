@@ -11,11 +11,17 @@ use super::{get, need, Action};
 use crate::admission::protocol::{AdmitRequest, ServerKind, ServerRef};
 
 pub fn action(env: &HashMap<String, String>) -> Result<Action, String> {
-    let pid: u32 = need(env, "daemon_pid")?
-        .parse()
-        .map_err(|_| format!("daemon_pid={:?} is not a process id", get(env, "daemon_pid")))?;
+    let pid: u32 = need(env, "daemon_pid")?.parse().map_err(|_| {
+        format!(
+            "daemon_pid={:?} is not a process id",
+            get(env, "daemon_pid")
+        )
+    })?;
     let cn = get(env, "common_name");
-    let user = [get(env, "username"), cn].into_iter().find(|s| !s.is_empty()).unwrap_or("");
+    let user = [get(env, "username"), cn]
+        .into_iter()
+        .find(|s| !s.is_empty())
+        .unwrap_or("");
     let key = format!(
         "openvpn:{pid}:{}:{}:{cn}:{}",
         get(env, "daemon_start_time"),
@@ -26,11 +32,16 @@ pub fn action(env: &HashMap<String, String>) -> Result<Action, String> {
         "client-connect" => Ok(Action::Connect(AdmitRequest {
             key,
             user: user.to_string(),
-            server: ServerRef { kind: ServerKind::Openvpn, pid },
+            server: ServerRef {
+                kind: ServerKind::Openvpn,
+                pid,
+            },
             remote: get(env, "trusted_ip").to_string(),
         })),
         "client-disconnect" => Ok(Action::Disconnect { key }),
-        other => Err(format!("script_type={other:?}: set this hook as client-connect and client-disconnect only")),
+        other => Err(format!(
+            "script_type={other:?}: set this hook as client-connect and client-disconnect only"
+        )),
     }
 }
 
@@ -39,7 +50,10 @@ mod tests {
     use super::*;
 
     fn sample(text: &str) -> HashMap<String, String> {
-        text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        text.lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn key(a: &Action) -> &str {
@@ -51,31 +65,55 @@ mod tests {
 
     #[test]
     fn real_openvpn_environments_give_matching_keys() {
-        let connect = action(&sample(include_str!("../../tests/vpn/env-samples/openvpn-client-connect-admitted.env"))).unwrap();
-        let disconnect = action(&sample(include_str!("../../tests/vpn/env-samples/openvpn-client-disconnect-admitted-pingtimeout.env"))).unwrap();
-        let Action::Connect(req) = &connect else { panic!("connect expected: {connect:?}") };
+        let connect = action(&sample(include_str!(
+            "../../tests/vpn/env-samples/openvpn-client-connect-admitted.env"
+        )))
+        .unwrap();
+        let disconnect = action(&sample(include_str!(
+            "../../tests/vpn/env-samples/openvpn-client-disconnect-admitted-pingtimeout.env"
+        )))
+        .unwrap();
+        let Action::Connect(req) = &connect else {
+            panic!("connect expected: {connect:?}")
+        };
         assert_eq!(req.user, "client1");
         assert_eq!(req.server.kind, ServerKind::Openvpn);
         assert_eq!(req.remote, "127.0.0.1");
         assert!(matches!(disconnect, Action::Disconnect { .. }));
-        assert_eq!(key(&connect), key(&disconnect), "connect and disconnect of one client share a key");
+        assert_eq!(
+            key(&connect),
+            key(&disconnect),
+            "connect and disconnect of one client share a key"
+        );
     }
 
     #[test]
     fn rejected_client_disconnect_has_its_own_key() {
-        let rejected = action(&sample(include_str!("../../tests/vpn/env-samples/openvpn-client-connect-rejected.env"))).unwrap();
-        let after = action(&sample(include_str!("../../tests/vpn/env-samples/openvpn-client-disconnect-after-reject.env"))).unwrap();
+        let rejected = action(&sample(include_str!(
+            "../../tests/vpn/env-samples/openvpn-client-connect-rejected.env"
+        )))
+        .unwrap();
+        let after = action(&sample(include_str!(
+            "../../tests/vpn/env-samples/openvpn-client-disconnect-after-reject.env"
+        )))
+        .unwrap();
         assert_eq!(key(&rejected), key(&after));
-        let admitted = action(&sample(include_str!("../../tests/vpn/env-samples/openvpn-client-connect-admitted.env"))).unwrap();
+        let admitted = action(&sample(include_str!(
+            "../../tests/vpn/env-samples/openvpn-client-connect-admitted.env"
+        )))
+        .unwrap();
         assert_ne!(key(&rejected), key(&admitted));
     }
 
     #[test]
     fn missing_or_odd_variables_are_errors() {
-        let mut env = sample("script_type=client-connect\ndaemon_pid=12\ntime_unix=5\ncommon_name=a");
+        let mut env =
+            sample("script_type=client-connect\ndaemon_pid=12\ntime_unix=5\ncommon_name=a");
         assert!(action(&env).is_ok());
         env.insert("script_type".into(), "up".into());
-        assert!(action(&env).unwrap_err().contains("client-connect and client-disconnect only"));
+        assert!(action(&env)
+            .unwrap_err()
+            .contains("client-connect and client-disconnect only"));
         env.insert("daemon_pid".into(), "x".into());
         assert!(action(&env).unwrap_err().contains("not a process id"));
         env.remove("daemon_pid");

@@ -1,0 +1,4 @@
+pub mod util;
+
+mod cli;
+mod daemon;
