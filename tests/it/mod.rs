@@ -2,3 +2,4 @@ pub mod util;
 
 mod cli;
 mod daemon;
+mod systemd;
