@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Checks the systemd units without systemd running (Debian's systemd package
+# provides the tools): `systemd-analyze verify` must print nothing (it exits
+# 0 even on unknown keys and bad values, so any output is a failure), and the
+# service's exposure score must be at most 2.0.
+# Usage: scripts/check-units.sh [path/to/seatgate binary]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+BIN=$(realpath "${1:-target/debug/seatgate}")
+THRESHOLD=20 # --threshold takes the score times ten
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+# verify checks that ExecStart exists: point it at the built binary.
+for u in seatgate.service seatgate.socket; do
+  sed "s|/usr/bin/seatgate|$BIN|" "systemd/$u" >"$tmp/$u"
+done
+out=$(systemd-analyze verify "$tmp/seatgate.socket" "$tmp/seatgate.service" 2>&1) || true
+if [ -n "$out" ]; then
+  echo "systemd-analyze verify complained:" >&2
+  echo "$out" >&2
+  exit 1
+fi
+echo "systemd-analyze verify: clean"
+score=$(systemd-analyze security --offline=yes "$tmp/seatgate.service" 2>&1 | grep -o 'Overall exposure level for seatgate.service: [0-9.]*')
+echo "$score (limit $((THRESHOLD / 10)).$((THRESHOLD % 10)))"
+systemd-analyze security --offline=yes --threshold=$THRESHOLD "$tmp/seatgate.service" >/dev/null
