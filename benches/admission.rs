@@ -61,6 +61,20 @@ fn echo_floor(dir: &std::path::Path, lines: &[Vec<u8>]) -> Vec<Duration> {
     round_trips(UnixStream::connect(&path).unwrap(), lines)
 }
 
+/// Alternating admit and release of fresh keys: every request is a decision.
+fn churn(server: &FakeServer, prefix: &str, n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let key = format!("{prefix}-{}", i / 2);
+            if i % 2 == 0 {
+                encode_request(&server.admit(&key))
+            } else {
+                encode_request(&Request::Release { key })
+            }
+        })
+        .collect()
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
@@ -78,21 +92,13 @@ fn main() {
     let gw = Gateway::new(20_000);
     let d = gw.start();
     let server = FakeServer::start();
+    let idle = rss_kib(d.child.id());
     println!(
         "seatgate admission benchmark ({} round trips per figure, daemon log level warn)",
         ROUND_TRIPS
     );
 
-    let admit_release: Vec<Vec<u8>> = (0..ROUND_TRIPS)
-        .map(|i| {
-            let key = format!("bench-{}", i / 2);
-            if i % 2 == 0 {
-                encode_request(&server.admit(&key))
-            } else {
-                encode_request(&Request::Release { key })
-            }
-        })
-        .collect();
+    let admit_release = churn(&server, "bench", ROUND_TRIPS);
     let floor = percentiles(echo_floor(gw.dir.path(), &admit_release));
     let admission = percentiles(round_trips(
         UnixStream::connect(&d.socket).unwrap(),
@@ -116,21 +122,12 @@ fn main() {
     );
 
     for clients in [4usize, 16, 64] {
-        let per_client = 40_000 / clients;
+        let per_client = 40_000 / clients / 2 * 2;
         let start = Instant::now();
         let handles: Vec<_> = (0..clients)
             .map(|c| {
                 let socket = d.socket.clone();
-                let lines: Vec<Vec<u8>> = (0..per_client)
-                    .map(|i| {
-                        let key = format!("many-{c}-{}", i / 2);
-                        if i % 2 == 0 {
-                            encode_request(&server.admit(&key))
-                        } else {
-                            encode_request(&Request::Release { key })
-                        }
-                    })
-                    .collect();
+                let lines = churn(&server, &format!("many-{c}"), per_client);
                 std::thread::spawn(move || {
                     round_trips(UnixStream::connect(&socket).unwrap(), &lines).len()
                 })
@@ -149,12 +146,16 @@ fn main() {
         .map(|i| encode_request(&server.admit(&format!("held-{i:05}-user@example.org"))))
         .collect();
     round_trips(UnixStream::connect(&d.socket).unwrap(), &lines);
+    let holding = rss_kib(d.child.id());
     let st = d.status();
-    let after = rss_kib(d.child.id());
+    let after_status = rss_kib(d.child.id());
+    let mib = |k: u64| k as f64 / 1024.0;
     println!(
-        "resident memory: {:.1} MiB idle, {:.1} MiB holding {} sessions",
-        before as f64 / 1024.0,
-        after as f64 / 1024.0,
-        st.in_use
+        "resident memory: {:.1} MiB at start, {:.1} MiB after the runs above, {:.1} MiB holding {} sessions, {:.1} MiB after a status listing them all",
+        mib(idle),
+        mib(before),
+        mib(holding),
+        st.in_use,
+        mib(after_status)
     );
 }

@@ -194,8 +194,7 @@ fn run(flag: Option<&Path>) -> Result<ExitCode> {
     let path = config::locate(flag);
     let config = config::load(&path)?;
     crate::logging::init(&config.log_level);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

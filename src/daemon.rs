@@ -45,6 +45,7 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
         seats: Mutex::new(Seats::new(config.device.clone(), table, journal, licenses)),
         policy: Mutex::new(policy(&config)),
         idle_timeout: config.admission.idle_timeout,
+        start_times: Default::default(),
     });
     reap(&ctx);
 

@@ -181,23 +181,9 @@ pub fn decode(line: &[u8]) -> Result<Request, Response> {
     let text = std::str::from_utf8(line).map_err(|e| {
         Response::error(ErrorCode::BadRequest, format!("request is not UTF-8: {e}"))
     })?;
-    let value: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| Response::error(ErrorCode::BadRequest, format!("request is not JSON: {e}")))?;
-    let op = value
-        .get("op")
-        .and_then(|op| op.as_str())
-        .map(str::to_owned);
-    let env: Envelope = serde_json::from_value(value).map_err(|e| match op.as_deref() {
-        None => Response::error(
-            ErrorCode::BadRequest,
-            "request has no \"op\" string; send e.g. {\"v\":1,\"op\":\"ping\"}",
-        ),
-        Some(op) if !KNOWN_OPS.contains(&op) => Response::error(
-            ErrorCode::UnknownOp,
-            format!("unknown op {op:?}; known: {}", KNOWN_OPS.join(", ")),
-        ),
-        Some(op) => Response::error(ErrorCode::BadRequest, format!("bad {op} request: {e}")),
-    })?;
+    // Fast path: straight into the typed request. Only a failure pays for
+    // a second, generic parse that finds out what to tell the peer.
+    let env: Envelope = serde_json::from_str(text).map_err(|e| diagnose(text, e))?;
     match env.v {
         Some(VERSION) => {}
         Some(v) => {
@@ -228,6 +214,27 @@ pub fn decode(line: &[u8]) -> Result<Request, Response> {
         ));
     }
     Ok(env.request)
+}
+
+/// Why a line did not decode, as the response the peer gets.
+fn diagnose(text: &str, err: serde_json::Error) -> Response {
+    let value: serde_json::Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            return Response::error(ErrorCode::BadRequest, format!("request is not JSON: {e}"))
+        }
+    };
+    match value.get("op").and_then(|op| op.as_str()) {
+        None => Response::error(
+            ErrorCode::BadRequest,
+            "request has no \"op\" string; send e.g. {\"v\":1,\"op\":\"ping\"}",
+        ),
+        Some(op) if !KNOWN_OPS.contains(&op) => Response::error(
+            ErrorCode::UnknownOp,
+            format!("unknown op {op:?}; known: {}", KNOWN_OPS.join(", ")),
+        ),
+        Some(op) => Response::error(ErrorCode::BadRequest, format!("bad {op} request: {err}")),
+    }
 }
 
 const KNOWN_OPS: [&str; 5] = ["admit", "release", "status", "ping", "evict"];

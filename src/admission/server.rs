@@ -3,8 +3,9 @@
 //! timeout) and writes one response per line. Handlers return a Response;
 //! only the connection loop writes.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -27,6 +28,35 @@ pub struct Ctx {
     pub seats: Mutex<Seats>,
     pub policy: Mutex<Policy>,
     pub idle_timeout: Duration,
+    pub start_times: StartTimes,
+}
+
+/// VPN server start times, remembered for a second so a burst of hook
+/// calls from one live server costs one /proc read. A pid that died and was
+/// reused within that second by another VPN server would have its new
+/// sessions filed under the dead one and freed by the next liveness check:
+/// never more seats than the cap, and not worth a /proc read per admission.
+#[derive(Default)]
+pub struct StartTimes(Mutex<HashMap<u32, (u64, Instant)>>);
+
+const START_TIME_TTL: Duration = Duration::from_secs(1);
+
+impl StartTimes {
+    pub fn get(&self, pid: u32) -> Option<u64> {
+        let now = Instant::now();
+        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((ticks, at)) = cache.get(&pid) {
+            if now.duration_since(*at) < START_TIME_TTL {
+                return Some(*ticks);
+            }
+        }
+        let ticks = sys::process_start_ticks(pid)?;
+        if cache.len() >= 1024 {
+            cache.retain(|_, (_, at)| now.duration_since(*at) < START_TIME_TTL);
+        }
+        cache.insert(pid, (ticks, now));
+        Some(ticks)
+    }
 }
 
 impl Ctx {
@@ -218,7 +248,7 @@ pub fn handle(ctx: &Ctx, rights: Rights, line: &[u8]) -> Response {
         Request::Admit(req) => {
             let now = Utc::now();
             // Read /proc outside the lock.
-            let Some(start_ticks) = sys::process_start_ticks(req.server.pid) else {
+            let Some(start_ticks) = ctx.start_times.get(req.server.pid) else {
                 return Response::Admit(ctx.seats().deny(&req, DenyReason::UnknownServer, now));
             };
             let server = ServerId {

@@ -423,7 +423,11 @@ fn a_second_daemon_on_the_same_socket_refuses_to_start() {
 fn cap_follows_the_timeline_on_time_without_a_restart() {
     let gw = Gateway::new(0);
     let now = chrono::Utc::now();
-    let later = License { activated_at: Some(now + chrono::Duration::milliseconds(1500)), associated_at: None, ..spc("LIC-LATER", 7) };
+    let later = License {
+        activated_at: Some(now + chrono::Duration::milliseconds(1500)),
+        associated_at: None,
+        ..spc("LIC-LATER", 7)
+    };
     let mut b = bundle(2, vec![spc("LIC-NOW", 10), later]);
     b.not_after = now + chrono::Duration::milliseconds(3500);
     gw.write_bundle(&b);
@@ -431,9 +435,13 @@ fn cap_follows_the_timeline_on_time_without_a_restart() {
     let st = d.status();
     assert_eq!(st.cap_total, 12);
     assert_eq!(st.next_change.map(|s| s.cap), Some(19));
-    wait_for("the license to activate", Duration::from_secs(5), || (d.status().cap_total == 19).then_some(()));
+    wait_for("the license to activate", Duration::from_secs(5), || {
+        (d.status().cap_total == 19).then_some(())
+    });
     // Past the bundle's not_after: built-in seats only, said in status.
-    wait_for("the bundle to run out", Duration::from_secs(6), || (d.status().cap_total == 2).then_some(()));
+    wait_for("the bundle to run out", Duration::from_secs(6), || {
+        (d.status().cap_total == 2).then_some(())
+    });
     let st = d.status();
     assert!(st.bundle.is_some_and(|b| b.ran_out));
     let text = String::from_utf8_lossy(&gw.cli(&["status"]).stdout).into_owned();
