@@ -541,6 +541,21 @@ mod tests {
     }
 
     #[test]
+    fn the_commented_reconcile_example_in_the_shipped_config_is_valid() {
+        let shipped = include_str!("../config/seatgate.toml");
+        let start = shipped.find("# [[reconcile]]").expect("example present");
+        let example: String = shipped[start..]
+            .lines()
+            .map(|l| l.strip_prefix("# ").unwrap_or(l.trim_start_matches('#')))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = parse(&format!("{shipped}{example}"), Path::new("/etc/seatgate")).unwrap();
+        assert_eq!(c.reconcile.len(), 2);
+        assert!(matches!(c.reconcile[0].source, Source::Openvpn { .. }));
+        assert!(matches!(c.reconcile[1].source, Source::Ocserv { .. }));
+    }
+
+    #[test]
     fn reconcile_problems_name_the_entry_and_key() {
         let cases: &[(&str, &[&str])] = &[
             ("", &["reconcile[0].kind"]),
