@@ -100,7 +100,7 @@ fn openvpn_cap_5_of_10_then_two_leave_two_join_then_killed_server_frees_all() {
 }
 
 #[test]
-fn openvpn_cipher_failure_seat_is_reconciled_away_and_live_sessions_stay() {
+fn openvpn_reconciliation_frees_cipher_failed_and_missed_disconnect_seats_keeps_live_ones() {
     let ns = Netns::new(2);
     let gw = Gateway::with_config(0, "");
     // The management socket exists once the server runs; the daemon keeps
@@ -158,6 +158,17 @@ fn openvpn_cipher_failure_seat_is_reconciled_away_and_live_sessions_stay() {
         !err.contains("cannot reconcile"),
         "every round worked: {err}"
     );
+
+    // While the daemon is down client1 leaves: its disconnect cannot be
+    // told. The restarted daemon reconciles at start-up and frees the seat.
+    let mut good = good;
+    good.stop(Duration::from_secs(5));
+    server
+        .proc
+        .wait_log(&["could not release openvpn:"], Duration::from_secs(5));
+    let d = gw.start();
+    let took = wait_in_use(&d, 0, Duration::from_secs(5));
+    eprintln!("seat of a disconnect missed while the daemon was down freed {took:?} after restart");
 }
 
 #[test]
