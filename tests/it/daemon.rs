@@ -82,7 +82,7 @@ fn an_admit_whose_hook_gave_up_before_the_answer_holds_no_seat() {
     let server = FakeServer::start();
     // A stalled daemon: the hook's request waits in the socket queue, the
     // hook passes its deadline, rejects and exits.
-    d.signal(Signal::SIGSTOP);
+    d.pause();
     let mut s = UnixStream::connect(&d.socket).unwrap();
     s.write_all(&seatgate::admission::protocol::encode_request(
         &server.admit("gave-up"),

@@ -179,7 +179,7 @@ fn openvpn_hook_fails_closed_while_the_daemon_is_down_and_the_server_keeps_servi
     let _server = OpenvpnServer::start(&ns, &seatgate_hook("openvpn"), &gw.socket());
 
     // A hung daemon (SIGSTOP): the hook gives up after its 500 ms deadline.
-    d.signal(Signal::SIGSTOP);
+    d.pause();
     let c1 = openvpn_client(&ns, 1, "");
     let r = outcome(&c1, CONNECT);
     d.signal(Signal::SIGCONT);
@@ -216,7 +216,7 @@ fn hook_alone_answers_within_its_deadline_when_the_daemon_hangs() {
     let gw = Gateway::new(0);
     let d = gw.start();
     let server = FakeServer::start();
-    d.signal(Signal::SIGSTOP);
+    d.pause();
     let start = Instant::now();
     let out = std::process::Command::new(bin())
         .args(["hook", "openvpn"])
