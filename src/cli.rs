@@ -94,6 +94,10 @@ struct HookArgs {
     /// When the daemon cannot answer [default: $SEATGATE_HOOK_ON_ERROR, else reject]
     #[arg(long, value_enum)]
     on_error: Option<hook::OnError>,
+    /// Ignored: what the server appends (OpenVPN gives client-connect the
+    /// path of a config file it may write; seatgate writes none).
+    #[arg(value_name = "SERVER_ARGS")]
+    _server_args: Vec<std::ffi::OsString>,
 }
 
 #[derive(clap::Args)]

@@ -26,6 +26,20 @@ struct RawConfig {
     paths: RawPaths,
     #[serde(default)]
     admission: RawAdmission,
+    #[serde(default)]
+    reconcile: Vec<RawReconcile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReconcile {
+    kind: Option<String>,
+    management: Option<PathBuf>,
+    occtl: Option<PathBuf>,
+    occtl_socket: Option<PathBuf>,
+    interval_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+    grace_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -80,6 +94,47 @@ pub struct Config {
     pub runtime_dir: PathBuf,
     pub state_dir: PathBuf,
     pub admission: Admission,
+    /// The VPN servers whose own session lists are compared with the table.
+    pub reconcile: Vec<Reconcile>,
+}
+
+pub const DEFAULT_OCCTL: &str = "/usr/bin/occtl";
+
+/// One `[[reconcile]]` entry: where a VPN server lists its sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reconcile {
+    pub source: Source,
+    /// How often the server is asked (the first time at start-up).
+    pub interval: Duration,
+    /// The longest one listing may take; slower answers are dropped.
+    pub timeout: Duration,
+    /// Sessions admitted less than this before a listing was asked for are
+    /// kept even if it does not show them yet.
+    pub grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// OpenVPN's management interface (`management PATH unix`).
+    Openvpn { management: PathBuf },
+    /// ocserv through `occtl` (`occtl [-s SOCKET] -j show users`).
+    Ocserv {
+        occtl: PathBuf,
+        socket: Option<PathBuf>,
+    },
+}
+
+impl Source {
+    /// A short name for logs: the socket or the occtl socket.
+    pub fn describe(&self) -> String {
+        match self {
+            Source::Openvpn { management } => format!("openvpn {}", management.display()),
+            Source::Ocserv { occtl, socket } => match socket {
+                Some(s) => format!("ocserv {} -s {}", occtl.display(), s.display()),
+                None => format!("ocserv {}", occtl.display()),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -221,6 +276,12 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<Problem>> {
         500,
     );
     let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+    let reconcile = raw
+        .reconcile
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, r)| reconcile_entry(&mut problems, i, r, &resolve))
+        .collect();
     let config = Config {
         device,
         builtin_seats: raw.builtin_seats.unwrap_or(2),
@@ -250,6 +311,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<Problem>> {
             status_public: a.status_public.unwrap_or(false),
             server_check,
         },
+        reconcile,
     };
     if problems.is_empty() {
         Ok(config)
@@ -266,6 +328,80 @@ fn millis(problems: &mut Vec<Problem>, key: &str, value: Option<u64>, default: u
         }
         v => Duration::from_millis(v.unwrap_or(default)),
     }
+}
+
+/// Validates one `[[reconcile]]` entry; None (with problems) when unusable.
+fn reconcile_entry(
+    problems: &mut Vec<Problem>,
+    i: usize,
+    r: RawReconcile,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+) -> Option<Reconcile> {
+    let key = |name: &str| format!("reconcile[{i}].{name}");
+    let before = problems.len();
+    let interval = millis(problems, &key("interval_ms"), r.interval_ms, 5_000);
+    let timeout = millis(problems, &key("timeout_ms"), r.timeout_ms, 2_000);
+    let grace = Duration::from_millis(r.grace_ms.unwrap_or(2_000));
+    if timeout >= interval {
+        problems.push(problem(
+            &key("timeout_ms"),
+            format!(
+                "{} ms is not shorter than interval_ms ({} ms); lower it or raise interval_ms",
+                timeout.as_millis(),
+                interval.as_millis()
+            ),
+        ));
+    }
+    let only = |problems: &mut Vec<Problem>, name: &str, set: bool, kind: &str| {
+        if set {
+            problems.push(problem(
+                &key(name),
+                format!("only for kind = \"{kind}\"; remove it"),
+            ));
+        }
+    };
+    let source = match r.kind.as_deref() {
+        Some("openvpn") => {
+            only(problems, "occtl", r.occtl.is_some(), "ocserv");
+            only(problems, "occtl_socket", r.occtl_socket.is_some(), "ocserv");
+            match r.management {
+                Some(m) => Some(Source::Openvpn {
+                    management: resolve(m),
+                }),
+                None => {
+                    problems.push(problem(&key("management"), "missing; set it to the path of the server's `management PATH unix` line, e.g. \"/run/openvpn/server.sock\""));
+                    None
+                }
+            }
+        }
+        Some("ocserv") => {
+            only(problems, "management", r.management.is_some(), "openvpn");
+            Some(Source::Ocserv {
+                occtl: resolve(r.occtl.unwrap_or_else(|| DEFAULT_OCCTL.into())),
+                socket: r.occtl_socket.map(resolve),
+            })
+        }
+        Some(other) => {
+            problems.push(problem(
+                &key("kind"),
+                format!("{other:?} is not a VPN server kind; use \"openvpn\" or \"ocserv\""),
+            ));
+            None
+        }
+        None => {
+            problems.push(problem(&key("kind"), "missing; set kind = \"openvpn\" (management interface) or kind = \"ocserv\" (occtl)"));
+            None
+        }
+    };
+    if problems.len() > before {
+        return None;
+    }
+    Some(Reconcile {
+        source: source?,
+        interval,
+        timeout,
+        grace,
+    })
 }
 
 fn valid_serial(s: &str) -> bool {
@@ -370,6 +506,93 @@ mod tests {
         );
         let problems = parse("device = ", Path::new("/")).unwrap_err();
         assert_eq!(problems.len(), 1);
+    }
+
+    #[test]
+    fn reconcile_entries() {
+        let text = "device = \"D\"\n[[reconcile]]\nkind = \"openvpn\"\nmanagement = \"/run/openvpn/server.sock\"\n[[reconcile]]\nkind = \"ocserv\"\nocctl_socket = \"occtl.sock\"\ninterval_ms = 1000\ntimeout_ms = 500\ngrace_ms = 0\n";
+        let c = parse(text, Path::new("/etc/seatgate")).unwrap();
+        assert_eq!(
+            c.reconcile,
+            vec![
+                Reconcile {
+                    source: Source::Openvpn {
+                        management: "/run/openvpn/server.sock".into()
+                    },
+                    interval: Duration::from_secs(5),
+                    timeout: Duration::from_secs(2),
+                    grace: Duration::from_secs(2),
+                },
+                Reconcile {
+                    source: Source::Ocserv {
+                        occtl: DEFAULT_OCCTL.into(),
+                        socket: Some("/etc/seatgate/occtl.sock".into())
+                    },
+                    interval: Duration::from_secs(1),
+                    timeout: Duration::from_millis(500),
+                    grace: Duration::ZERO,
+                },
+            ]
+        );
+        assert!(parse("device = \"D\"", Path::new("/"))
+            .unwrap()
+            .reconcile
+            .is_empty());
+    }
+
+    #[test]
+    fn the_commented_reconcile_example_in_the_shipped_config_is_valid() {
+        let shipped = include_str!("../config/seatgate.toml");
+        let start = shipped.find("# [[reconcile]]").expect("example present");
+        let example: String = shipped[start..]
+            .lines()
+            .map(|l| l.strip_prefix("# ").unwrap_or(l.trim_start_matches('#')))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = parse(&format!("{shipped}{example}"), Path::new("/etc/seatgate")).unwrap();
+        assert_eq!(c.reconcile.len(), 2);
+        assert!(matches!(c.reconcile[0].source, Source::Openvpn { .. }));
+        assert!(matches!(c.reconcile[1].source, Source::Ocserv { .. }));
+    }
+
+    #[test]
+    fn reconcile_problems_name_the_entry_and_key() {
+        let cases: &[(&str, &[&str])] = &[
+            ("", &["reconcile[0].kind"]),
+            ("kind = \"wireguard\"", &["reconcile[0].kind"]),
+            ("kind = \"openvpn\"", &["reconcile[0].management"]),
+            (
+                "kind = \"openvpn\"\nmanagement = \"/m\"\nocctl = \"/o\"",
+                &["reconcile[0].occtl"],
+            ),
+            (
+                "kind = \"ocserv\"\nmanagement = \"/m\"",
+                &["reconcile[0].management"],
+            ),
+            (
+                "kind = \"ocserv\"\ninterval_ms = 0",
+                &["reconcile[0].interval_ms"],
+            ),
+            (
+                "kind = \"ocserv\"\ninterval_ms = 1000\ntimeout_ms = 1000",
+                &["reconcile[0].timeout_ms"],
+            ),
+        ];
+        for (entry, want) in cases {
+            let text = format!("device = \"D\"\n[[reconcile]]\n{entry}\n");
+            let problems = parse(&text, Path::new("/")).unwrap_err();
+            let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+            assert_eq!(&keys, want, "{entry}: {problems:?}");
+        }
+        let problems = parse(
+            "device = \"D\"\n[[reconcile]]\nkind = \"openvpn\"\nmanagment = \"/m\"\n",
+            Path::new("/"),
+        )
+        .unwrap_err();
+        assert!(
+            problems[0].message.contains("unknown field"),
+            "{problems:?}"
+        );
     }
 
     #[test]

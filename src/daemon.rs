@@ -19,6 +19,7 @@ use crate::admission::seats::Seats;
 use crate::admission::server::{self, Ctx};
 use crate::config::{self, Config};
 use crate::licensing::{self, Licenses};
+use crate::reconcile;
 use crate::sys;
 
 /// Runs the daemon until `shutdown` resolves. `config_path` is re-read on SIGHUP.
@@ -84,6 +85,14 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
         config.admission.server_check,
         cancel.clone(),
     ));
+    // At start-up and on an interval: sessions whose disconnect never came.
+    for entry in &config.reconcile {
+        tracker.spawn(reconcile::task::run(
+            ctx.clone(),
+            entry.clone(),
+            cancel.clone(),
+        ));
+    }
     let config = Arc::new(Mutex::new(config));
     tracker.spawn(ticker(ctx.clone(), config.clone(), cancel.clone()));
     if let Some(every) = sys::watchdog_interval() {
@@ -268,8 +277,11 @@ fn reload(path: &Path, current: &Mutex<Config>, ctx: &Ctx) {
     if new.socket != current.socket
         || new.runtime_dir != current.runtime_dir
         || new.device != current.device
+        || new.reconcile != current.reconcile
     {
-        tracing::warn!("socket, runtime_dir and device changes take effect at the next restart");
+        tracing::warn!(
+            "socket, runtime_dir, device and [[reconcile]] changes take effect at the next restart"
+        );
     }
     let now = Utc::now();
     let mut lic = licensing::load(&new, now);

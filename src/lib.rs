@@ -15,6 +15,10 @@
 //!   + licenses under one lock), `access` (peer rights, pure), `server` (socket).
 //! - `status`: the daemon's status (pure) and its text form.
 //! - `daemon`: `seatgate run`, wiring everything under one shutdown.
+//! - `reconcile/`: the VPN servers' own session lists (`openvpn` management
+//!   `status 3`, `ocserv` occtl JSON: pure parsing; `Listing`: which sessions
+//!   are stale, pure), `fetch` (asking them, with timeouts) and `task` (the
+//!   start-up and interval loop that releases stale seats).
 //! - `client`: blocking socket client for hooks and operator commands.
 //! - `hook/`: VPN server adapters (`openvpn`, `ocserv`): environment to request (pure).
 //! - `logging`: journald-friendly tracing output.
@@ -30,6 +34,7 @@ pub mod hook;
 pub mod license;
 pub mod licensing;
 pub mod logging;
+pub mod reconcile;
 pub mod report;
 pub mod status;
 pub mod store;

@@ -51,6 +51,19 @@ pub fn check_config_on_host(config: &Config) -> Vec<Problem> {
             });
         }
     }
+    for (i, r) in config.reconcile.iter().enumerate() {
+        if let crate::config::Source::Ocserv { occtl, .. } = &r.source {
+            if !occtl.is_file() {
+                problems.push(Problem {
+                    key: format!("reconcile[{i}].occtl"),
+                    message: format!(
+                        "{} does not exist; install ocserv (it ships occtl) or point occtl at it",
+                        occtl.display()
+                    ),
+                });
+            }
+        }
+    }
     problems
 }
 
@@ -88,6 +101,16 @@ pub fn process_start_ticks(pid: u32) -> Option<u64> {
     }
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     parse_stat(&stat)
+}
+
+/// A process's parent pid (field 4 of /proc/PID/stat); None when gone.
+pub fn parent_pid(pid: u32) -> Option<u32> {
+    if pid == 0 {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Field 3 (state) and field 22 (starttime) of /proc/PID/stat; the command
@@ -213,6 +236,11 @@ mod tests {
             "1234 (x) Z 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 50";
         assert_eq!(parse_stat(zombie), None);
         assert_eq!(parse_stat("garbage"), None);
+        assert_eq!(
+            parent_pid(std::process::id()),
+            Some(nix::unistd::getppid().as_raw() as u32)
+        );
+        assert_eq!(parent_pid(0), None);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use super::journal::Journal;
 use super::protocol::{AdmitRequest, AdmitResponse, DenyReason, ReleaseResponse};
 use super::table::{Decision, ServerId, Session, Table};
 use crate::licensing::Licenses;
+use crate::reconcile::Listing;
 use crate::status::Status;
 
 pub struct Seats {
@@ -143,6 +144,34 @@ impl Seats {
             tracing::warn!(pid = server.pid, kind = ?server.kind, freed = freed.len(), in_use = self.table.in_use(), "VPN server process is gone; its seats are free again");
         }
         freed.into_iter().map(|(s, _)| s).collect()
+    }
+
+    /// Releases the sessions a VPN server's own listing shows are gone
+    /// (see `Listing::is_stale`), journaling each release.
+    pub fn release_stale(
+        &mut self,
+        listing: &Listing,
+        grace: std::time::Duration,
+        source: &str,
+    ) -> Vec<Session> {
+        let keys: Vec<String> = self
+            .table
+            .sessions()
+            .filter(|s| listing.is_stale(s, grace))
+            .map(|s| s.key.clone())
+            .collect();
+        let mut freed = Vec::new();
+        for key in keys {
+            let Some((session, change)) = self.table.release(&key) else {
+                continue;
+            };
+            if let Err(e) = self.journal.record(&change, &self.table) {
+                tracing::error!(key, error = %e, "cannot record a release");
+            }
+            tracing::warn!(key, user = %session.user, since = %session.since, source, in_use = self.table.in_use(), "session is no longer in the VPN server's list; its seat is free again");
+            freed.push(session);
+        }
+        freed
     }
 
     pub fn status(&self, system: DateTime<Utc>) -> Status {

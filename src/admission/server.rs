@@ -206,6 +206,7 @@ async fn connection(
             ),
         };
         if wr.write_all(&response.encode()).await.is_err() {
+            undo_unanswered_admit(&ctx, &line, &response);
             return;
         }
         if !keep_going {
@@ -219,6 +220,24 @@ async fn connection(
             let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
             return;
         }
+    }
+}
+
+/// A hook whose answer cannot be delivered has given up (its deadline
+/// passed and it exited) and told its VPN server "rejected"; nothing would
+/// ever release a seat admitted for it, so the admission is undone. Seen on
+/// a real OpenVPN server with a stalled daemon: the queued admit was served
+/// after the hook had already refused the client.
+fn undo_unanswered_admit(ctx: &Ctx, line: &[u8], response: &Response) {
+    let Response::Admit(answer) = response else {
+        return;
+    };
+    if !answer.admitted || answer.again {
+        return;
+    }
+    if let Ok(Request::Admit(req)) = protocol::decode(line) {
+        tracing::warn!(key = %req.key, "the hook left before its admission could be answered (past its deadline); seat released");
+        ctx.seats().release(&req.key);
     }
 }
 

@@ -137,6 +137,9 @@ pub fn run(
                     "seatgate hook {name}: released {key} ({} seats in use)",
                     r.in_use
                 );
+            } else {
+                // OpenVPN also reports the end of clients it refused.
+                eprintln!("seatgate hook {name}: {key} held no seat; nothing to release");
             }
             ExitCode::SUCCESS
         }

@@ -78,6 +78,38 @@ fn two_thousand_concurrent_admits_against_cap_32_admit_exactly_32() {
 }
 
 #[test]
+fn an_admit_whose_hook_gave_up_before_the_answer_holds_no_seat() {
+    let gw = Gateway::new(0);
+    let d = gw.start();
+    let server = FakeServer::start();
+    // A stalled daemon: the hook's request waits in the socket queue, the
+    // hook passes its deadline, rejects and exits.
+    d.pause();
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    s.write_all(&seatgate::admission::protocol::encode_request(
+        &server.admit("gave-up"),
+    ))
+    .unwrap();
+    drop(s);
+    d.signal(Signal::SIGCONT);
+    // A request after it on another connection is answered after it was served.
+    assert!(admitted(&call(&d.socket, &server.admit("live")).unwrap()));
+    wait_for(
+        "the unanswered admission to be undone",
+        Duration::from_secs(5),
+        || {
+            (d.status()
+                .sessions
+                .iter()
+                .map(|s| s.key.as_str())
+                .collect::<Vec<_>>()
+                == ["live"])
+            .then_some(())
+        },
+    );
+}
+
+#[test]
 fn churn_ends_with_in_use_equal_to_sessions_held() {
     let gw = Gateway::new(8);
     let d = gw.start();

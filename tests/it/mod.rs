@@ -3,3 +3,5 @@ pub mod util;
 mod cli;
 mod daemon;
 mod systemd;
+mod vpn;
+mod vpn_harness;

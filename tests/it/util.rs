@@ -174,6 +174,26 @@ impl Daemon {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
     }
 
+    /// SIGSTOP, and wait until every thread is stopped (the signal is
+    /// delivered asynchronously; a thread may still answer meanwhile).
+    pub fn pause(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+        let tasks = format!("/proc/{}/task", self.child.id());
+        wait_for("the daemon to stop", Duration::from_secs(5), || {
+            let all_stopped = std::fs::read_dir(&tasks).ok()?.all(|t| {
+                let stat = t
+                    .ok()
+                    .and_then(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+                    .unwrap_or_default();
+                let state = stat
+                    .rfind(')')
+                    .and_then(|i| stat[i + 1..].split_whitespace().next());
+                matches!(state, Some("T") | Some("t"))
+            });
+            all_stopped.then_some(())
+        });
+    }
+
     /// Waits for the process to exit and returns its stderr.
     pub fn wait_exit(mut self, limit: Duration) -> (std::process::ExitStatus, String) {
         let status = wait_for("the daemon to exit", limit, || {

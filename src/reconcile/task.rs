@@ -1,0 +1,72 @@
+//! The reconcile loop for one `[[reconcile]]` entry: ask the server for its
+//! list at start-up and then every interval, and release the seats of the
+//! sessions it no longer has. A failed round releases nothing; failures are
+//! logged when they start or change, not every round.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::fetch::{self, FetchError};
+use super::Listing;
+use crate::admission::protocol::ServerKind;
+use crate::admission::server::Ctx;
+use crate::config::{Reconcile, Source};
+use crate::sys;
+
+pub async fn run(ctx: Arc<Ctx>, entry: Reconcile, cancel: CancellationToken) {
+    let source = entry.source.describe();
+    let mut tick = tokio::time::interval(entry.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing: Option<String> = None;
+    while cancel.run_until_cancelled(tick.tick()).await.is_some() {
+        let round = match cancel.run_until_cancelled(once(&ctx, &entry)).await {
+            Some(r) => r,
+            None => return,
+        };
+        match round {
+            Ok((listed, released)) => {
+                if failing.take().is_some() {
+                    tracing::info!(%source, listed, "VPN server answers again; reconciling");
+                }
+                tracing::debug!(%source, listed, released, "reconciled");
+            }
+            Err(e) => {
+                let message = e.to_string();
+                if failing.as_deref() != Some(&message) {
+                    tracing::warn!(%source, "cannot reconcile: {message}");
+                    failing = Some(message);
+                }
+            }
+        }
+    }
+}
+
+/// One round: returns how many sessions the server listed and how many
+/// seats were released.
+pub async fn once(ctx: &Ctx, entry: &Reconcile) -> Result<(usize, usize), FetchError> {
+    let listing = match &entry.source {
+        Source::Openvpn { management } => {
+            let a = fetch::openvpn(management, entry.timeout).await?;
+            Listing::openvpn(a.pid, a.clients, a.requested_at)
+        }
+        Source::Ocserv { occtl, socket } => {
+            let a = fetch::ocserv(occtl, socket.as_deref(), entry.timeout).await?;
+            // Only the workers this ocserv forked: another instance's
+            // sessions are not in its list. Read /proc outside the lock.
+            let servers = ctx.seats().servers();
+            let workers: HashSet<u32> = servers
+                .iter()
+                .filter(|s| s.kind == ServerKind::Ocserv)
+                .filter(|s| sys::parent_pid(s.pid) == Some(a.server_pid))
+                .map(|s| s.pid)
+                .collect();
+            Listing::ocserv(workers, a.users, a.requested_at)
+        }
+    };
+    let released = ctx
+        .seats()
+        .release_stale(&listing, entry.grace, &entry.source.describe());
+    Ok((listing.len(), released.len()))
+}

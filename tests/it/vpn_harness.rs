@@ -1,0 +1,401 @@
+//! Real VPN servers for the integration tests: a private network namespace
+//! per test (a holder process from `unshare --net`, everything else joins it
+//! with `nsenter`), a throwaway PKI (tests/vpn/mkpki.sh), configs rendered
+//! from tests/vpn/*.tmpl, OpenVPN and ocserv servers and clients. Every
+//! wait has a deadline; Drop stops exactly the processes started here.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::util::{bin, wait_for};
+
+const TOOLS: &[&str] = &[
+    "openvpn",
+    "ocserv",
+    "occtl",
+    "openconnect",
+    "openssl",
+    "ip",
+    "unshare",
+    "nsenter",
+    "socat",
+];
+
+/// Fails with a clear message when a tool or root is missing.
+pub fn require_tools() {
+    let missing: Vec<&str> = TOOLS
+        .iter()
+        .copied()
+        .filter(|t| which(t).is_none())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the VPN integration tests need {missing:?}; .ci/run installs them \
+         (apt-get install openvpn ocserv openconnect socat iproute2 openssl)"
+    );
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the VPN integration tests need root (network namespaces, tun devices); .ci/run runs as root"
+    );
+}
+
+pub fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+fn vpn_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vpn")
+}
+
+/// A process started in the namespace, stopped in Drop (TERM, then KILL).
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), sig);
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains one of `needles`; returns its index.
+    pub fn wait_log(&self, needles: &[&str], limit: Duration) -> usize {
+        wait_for(
+            &format!("{} log to show one of {needles:?}", self.name),
+            limit,
+            || {
+                let text = self.log_text();
+                needles.iter().position(|n| text.contains(n))
+            },
+        )
+    }
+
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// SIGTERM, up to `grace` to exit, then SIGKILL; always reaps.
+    pub fn stop(&mut self, grace: Duration) {
+        if self.exited() {
+            return;
+        }
+        self.signal(Signal::SIGTERM);
+        let end = Instant::now() + grace;
+        while Instant::now() < end {
+            if self.exited() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // ocserv needs ~2.5 s to reap its workers on SIGTERM; the rest exit at once.
+        self.stop(Duration::from_secs(4));
+    }
+}
+
+/// A private network namespace with `lo` up, a work dir and a PKI.
+pub struct Netns {
+    holder: Child,
+    pub dir: tempfile::TempDir,
+}
+
+impl Netns {
+    /// `clients`: how many client certificates (client1..clientN) to issue.
+    pub fn new(clients: usize) -> Netns {
+        require_tools();
+        let mut holder = Command::new("unshare")
+            .args([
+                "--net",
+                "--",
+                "sh",
+                "-c",
+                "ip link set lo up && echo ready && exec sleep 600",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("cannot run unshare");
+        let mut line = String::new();
+        use std::io::BufRead;
+        let out = holder.stdout.take().unwrap();
+        let _ = std::io::BufReader::new(out).read_line(&mut line);
+        if line.trim() != "ready" {
+            let _ = holder.kill();
+            let _ = holder.wait();
+            panic!("could not create a network namespace with lo up (unshare --net as root)");
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("seatgate-vpn-")
+            .tempdir()
+            .unwrap();
+        let ns = Netns { holder, dir };
+        let out = Command::new(vpn_dir().join("mkpki.sh"))
+            .arg(ns.path("pki"))
+            .arg(clients.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mkpki.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // ocserv's workers run as nobody and read the server key.
+        std::fs::set_permissions(
+            ns.path("pki/server.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            ns.dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        ns
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A command that runs `program` inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/proc/{}/ns/net", self.holder.id()))
+            .arg("--")
+            .arg(program);
+        c
+    }
+
+    /// Spawns `cmd` with stdout+stderr to `name.log` in the work dir.
+    pub fn spawn(&self, name: &str, mut cmd: Command) -> Proc {
+        let log = self.path(&format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            name: name.into(),
+            child,
+            log,
+        }
+    }
+
+    fn render(&self, template: &str, out: &str, vars: &[(&str, &str)]) -> PathBuf {
+        let mut text = std::fs::read_to_string(vpn_dir().join(template)).unwrap();
+        for (k, v) in vars {
+            text = text.replace(k, v);
+        }
+        let path = self.path(out);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+/// The hook command line for a server config: `seatgate hook KIND` with its
+/// absolute path (OpenVPN passes hooks no PATH).
+pub fn seatgate_hook(kind: &str) -> String {
+    format!("\"{} hook {kind}\"", bin())
+}
+
+pub const OPENVPN_PORT: &str = "1194";
+
+/// An OpenVPN 2.6 server over TCP (disconnects are seen at once).
+pub struct OpenvpnServer {
+    pub proc: Proc,
+    pub management: PathBuf,
+}
+
+impl OpenvpnServer {
+    /// `hook`: the client-connect/-disconnect command; `socket`: the
+    /// seatgate socket given to it with `setenv SEATGATE_SOCKET`.
+    pub fn start(ns: &Netns, hook: &str, socket: &Path) -> OpenvpnServer {
+        let dir = ns.dir.path().to_string_lossy().into_owned();
+        let conf = ns.render(
+            "openvpn-server.conf.tmpl",
+            "server.conf",
+            &[
+                ("@DIR@", &dir),
+                ("@PROTO@", "tcp4-server"),
+                ("@PORT@", OPENVPN_PORT),
+                ("@HOOK@", hook),
+                ("@SOCK@", &socket.to_string_lossy()),
+            ],
+        );
+        let mut cmd = ns.command("openvpn");
+        cmd.arg("--config").arg(conf);
+        let proc = ns.spawn("server", cmd);
+        proc.wait_log(
+            &[
+                "Initialization Sequence Completed",
+                "Exiting due to fatal error",
+            ],
+            Duration::from_secs(10),
+        );
+        assert!(
+            proc.log_text()
+                .contains("Initialization Sequence Completed"),
+            "openvpn server did not start:\n{}",
+            proc.log_text()
+        );
+        OpenvpnServer {
+            proc,
+            management: ns.path("mgmt.sock"),
+        }
+    }
+}
+
+/// How an OpenVPN client run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Connected,
+    AuthFailed,
+}
+
+/// Starts OpenVPN client `clientN` over TCP; `extra` lines go at the end of
+/// its config (e.g. `data-ciphers AES-192-GCM`).
+pub fn openvpn_client(ns: &Netns, n: usize, extra: &str) -> Proc {
+    let dir = ns.dir.path().to_string_lossy().into_owned();
+    let name = format!("client{n}");
+    let conf = ns.render(
+        "openvpn-client.conf.tmpl",
+        &format!("{name}.conf"),
+        &[
+            ("@DIR@", &dir),
+            ("@PROTO@", "tcp4-client"),
+            ("@PORT@", OPENVPN_PORT),
+            ("@CLIENT@", &name),
+            // UDP-only option; TCP sees the close at once.
+            ("explicit-exit-notify 1", ""),
+        ],
+    );
+    if !extra.is_empty() {
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str(extra);
+        text.push('\n');
+        std::fs::write(&conf, text).unwrap();
+    }
+    let mut cmd = ns.command("openvpn");
+    cmd.arg("--config").arg(conf);
+    ns.spawn(&name, cmd)
+}
+
+/// Waits for an OpenVPN client to connect or be refused (judged by its log:
+/// the exit code is 0 either way).
+pub fn outcome(client: &Proc, limit: Duration) -> Outcome {
+    match client.wait_log(&["Initialization Sequence Completed", "AUTH_FAILED"], limit) {
+        0 => Outcome::Connected,
+        _ => Outcome::AuthFailed,
+    }
+}
+
+pub const OCSERV_PORT: &str = "4443";
+
+/// ocserv 1.1.6 with plain password auth for `users` (user1:pass1, ...).
+pub struct Ocserv {
+    pub proc: Proc,
+    pub occtl_socket: PathBuf,
+}
+
+impl Ocserv {
+    pub fn start(ns: &Netns, users: usize, hook: &str, socket: &Path) -> Ocserv {
+        let dir = ns.dir.path().to_string_lossy().into_owned();
+        let mut mk = Command::new(vpn_dir().join("mkocpasswd.sh"));
+        mk.arg(ns.path("ocpasswd"));
+        for i in 1..=users {
+            mk.arg(format!("user{i}:pass{i}"));
+        }
+        assert!(mk.status().unwrap().success(), "mkocpasswd.sh failed");
+        // ocserv.conf takes the script path without arguments: a wrapper.
+        let wrapper = ns.path("ocserv-hook.sh");
+        std::fs::write(&wrapper, format!("#!/bin/sh\nexec {hook}\n")).unwrap();
+        std::fs::set_permissions(
+            &wrapper,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let conf = ns.render(
+            "ocserv.conf.tmpl",
+            "ocserv.conf",
+            &[
+                ("@DIR@", &dir),
+                ("@PORT@", OCSERV_PORT),
+                ("@HOOK@", &wrapper.to_string_lossy()),
+            ],
+        );
+        let mut cmd = ns.command("env");
+        cmd.args(["-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"])
+            .arg(format!("SEATGATE_SOCKET={}", socket.display()))
+            .args(["ocserv", "-f", "-c"])
+            .arg(conf);
+        let proc = ns.spawn("ocserv", cmd);
+        let occtl_socket = ns.path("occtl.sock");
+        wait_for("ocserv to answer occtl", Duration::from_secs(10), || {
+            let ok = ns
+                .command("occtl")
+                .arg("-s")
+                .arg(&occtl_socket)
+                .args(["show", "status"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            ok.then_some(())
+        });
+        Ocserv { proc, occtl_socket }
+    }
+}
+
+/// Starts openconnect as `userN`; connected when its log says "Configured as".
+pub fn openconnect(ns: &Netns, n: usize, tag: &str) -> Proc {
+    let pw = ns.path(&format!("pw{n}"));
+    std::fs::write(&pw, format!("pass{n}\n")).unwrap();
+    let mut cmd = ns.command("sh");
+    cmd.arg("-c").arg(format!(
+        "exec openconnect --non-inter --passwd-on-stdin --no-dtls --reconnect-timeout 1 \
+         -u user{n} --cafile {} --script /bin/true https://127.0.0.1:{OCSERV_PORT}/ < {}",
+        ns.path("pki/ca.crt").display(),
+        pw.display()
+    ));
+    ns.spawn(&format!("oc-user{n}-{tag}"), cmd)
+}
