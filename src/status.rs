@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::admission::protocol::ServerKind;
 use crate::admission::table::Table;
+use crate::cloud::policy::{human, CloudStatus, Severity, SyncRecord};
 use crate::license::cap::describe_timeline;
 use crate::license::{Cap, Step};
 use crate::licensing::Licenses;
@@ -30,6 +31,9 @@ pub struct Status {
     pub timeline: Vec<Step>,
     pub bundle: Option<BundleInfo>,
     pub warnings: Vec<String>,
+    /// Cloud sync; absent when the config has no `[cloud]` section.
+    #[serde(default)]
+    pub cloud: Option<CloudStatus>,
     pub sessions: Vec<SessionInfo>,
 }
 
@@ -43,8 +47,56 @@ pub struct SessionInfo {
     pub since: DateTime<Utc>,
 }
 
+fn when(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let at = t.format("%Y-%m-%d %H:%M:%S");
+    if t <= now {
+        format!("{at} ({} ago)", human(now - t))
+    } else {
+        format!("{at} (in {})", human(t - now))
+    }
+}
+
+/// The cloud lines of `seatgate status`.
+fn render_cloud(c: &CloudStatus, now: DateTime<Utc>) -> String {
+    let mut out = format!("cloud: {}\n", c.url);
+    let synced = c.last_success.map_or("never".into(), |t| when(t, now));
+    out.push_str(&format!("  last sync: {synced}\n"));
+    if let Some(e) = &c.last_error {
+        out.push_str(&format!(
+            "  LAST ATTEMPT FAILED ({}; {} in a row) at {}: {}\n",
+            e.kind.label(),
+            c.failures,
+            when(e.at, now),
+            e.message
+        ));
+    }
+    if let Some(t) = c.next_attempt {
+        out.push_str(&format!("  next attempt: {}\n", when(t, now)));
+    }
+    if let Some(t) = c.bundle_not_after {
+        out.push_str(&format!("  bundle runs out: {}\n", when(t, now)));
+    }
+    if let Some(t) = c.last_report {
+        out.push_str(&format!("  usage reported: {}\n", when(t, now)));
+    }
+    if let Some(a) = &c.alarm {
+        let tag = match a.severity {
+            Severity::Error => "** ERROR",
+            Severity::Warning => "** WARNING",
+        };
+        out.push_str(&format!("{tag}: {} **\n", a.message));
+    }
+    out
+}
+
 impl Status {
-    pub fn build(device: &str, table: &Table, lic: &Licenses, now: DateTime<Utc>) -> Status {
+    pub fn build(
+        device: &str,
+        table: &Table,
+        lic: &Licenses,
+        cloud: Option<&SyncRecord>,
+        now: DateTime<Utc>,
+    ) -> Status {
         let cap = lic.entitlement.cap_at(now);
         let total = cap.total();
         let in_use = table.in_use();
@@ -77,6 +129,7 @@ impl Status {
             timeline,
             bundle: BundleInfo::of(lic, now),
             warnings: lic.warnings.clone(),
+            cloud: cloud.map(|r| CloudStatus::build(r, lic.bundle().map(|b| b.not_after), now)),
             sessions,
         }
     }
@@ -115,6 +168,9 @@ impl Status {
             "peak: {}{peak_at}; denials: {}\n",
             self.peak, self.denials
         ));
+        if let Some(c) = &self.cloud {
+            out.push_str(&render_cloud(c, self.now));
+        }
         for w in &self.warnings {
             out.push_str(&format!("warning: {w}\n"));
         }

@@ -65,19 +65,20 @@ impl Settings {
                 }
             }
         });
-        let on_error = on_error.or_else(|| {
-            match env.get("SEATGATE_HOOK_ON_ERROR").map(String::as_str) {
-                None => None,
-                Some("reject") => Some(OnError::Reject),
-                Some("admit") => Some(OnError::Admit),
-                Some(v) => {
-                    warnings.push(format!(
+        let on_error =
+            on_error.or_else(
+                || match env.get("SEATGATE_HOOK_ON_ERROR").map(String::as_str) {
+                    None => None,
+                    Some("reject") => Some(OnError::Reject),
+                    Some("admit") => Some(OnError::Admit),
+                    Some(v) => {
+                        warnings.push(format!(
                         "SEATGATE_HOOK_ON_ERROR={v:?} is not reject or admit; rejecting on errors"
                     ));
-                    None
-                }
-            }
-        });
+                        None
+                    }
+                },
+            );
         let settings = Settings {
             socket: socket
                 .or_else(|| env.get("SEATGATE_SOCKET").map(PathBuf::from))
