@@ -320,6 +320,9 @@ fn refuses_our_certificate(alert: rustls::AlertDescription) -> bool {
             | A::UnknownCA
             | A::AccessDenied
             | A::CertificateRequired
+            // What rustls servers send when our certificate's signature does
+            // not verify under a CA of the same name.
+            | A::DecryptError
     )
 }
 

@@ -1,4 +1,5 @@
 pub mod util;
 
 mod cli;
+mod cloud;
 mod daemon;
