@@ -60,8 +60,9 @@ pub async fn run(
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
             _ = reloaded.notified() => {
-                // The reload re-read the licenses from disk: fetch in full.
-                etag = None;
+                // The reload re-read the licenses from disk: fetch in full,
+                // and re-read the key files (they may have been renewed).
+                client = None;
             }
         }
         let config = config.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -79,7 +80,9 @@ pub async fn run(
         };
         if client.as_ref().map(|(c, _)| c) != Some(&cloud) {
             etag = None;
-            record = SyncRecord::new(cloud.url.as_str());
+            if record.url != cloud.url.as_str() {
+                record = SyncRecord::new(cloud.url.as_str());
+            }
             match CloudClient::new(&cloud, &config.device) {
                 Ok(c) => {
                     tracing::info!(url = %cloud.url, poll_ms = cloud.poll_interval.as_millis() as u64, "cloud sync configured");
@@ -104,7 +107,7 @@ pub async fn run(
         };
         cycle += 1;
         let span = tracing::info_span!("sync", cycle, url = %cloud.url);
-        let outcome = async {
+        async {
             let result = sync_once(http, &ctx, &config, &mut etag, &persist).await;
             let outcome = match result {
                 Ok(()) => {
@@ -139,11 +142,9 @@ pub async fn run(
                 report_usage(http, &ctx, &mut record).await;
             }
             tracing::debug!(next_in_ms = wait.as_millis() as u64, "next sync attempt");
-            outcome
         }
         .instrument(span)
         .await;
-        let _ = outcome;
         ctx.seats().set_cloud(Some(record.clone()));
     }
 }

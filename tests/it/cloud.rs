@@ -454,3 +454,33 @@ fn bundle_past_not_after_without_the_cloud_gives_builtin_seats_then_recovers() {
     cap_becomes(&d, 22, "a fresh bundle after the cloud is back");
     assert!(synced(&d).cloud.unwrap().alarm.is_none());
 }
+
+#[test]
+fn sighup_picks_up_a_corrected_cloud_section_and_syncs_at_once() {
+    let gw0 = signer();
+    let mut cloud = DevCloud::new(&gw0, 3600);
+    cloud.run(&[
+        "license", "add", "LIC-1", "--device", DEVICE, "--seats", "20",
+    ]);
+    cloud.start();
+    let other = DevCloud::new(&gw0, 3600);
+    let wrong = Identity {
+        ca: other.path("ca.pem"),
+        ..Identity::of(&cloud, DEVICE)
+    };
+    let gw = cloud_gateway(&cloud, &wrong);
+    let d = gw.start();
+    failed_with(&d, FailureKind::UntrustedServer, "ca_file");
+    // Fix the config in place; the slow retry (600 ms) is not what fixes it.
+    let fixed = cloud_gateway(&cloud, &Identity::of(&cloud, DEVICE));
+    std::fs::copy(fixed.config_path(), gw.config_path()).unwrap();
+    let text = std::fs::read_to_string(gw.config_path()).unwrap();
+    std::fs::write(
+        gw.config_path(),
+        text.replace("max_backoff_ms = 600", "max_backoff_ms = 60000"),
+    )
+    .unwrap();
+    d.signal(Signal::SIGHUP);
+    cap_becomes(&d, 22, "the sync after SIGHUP");
+    synced(&d);
+}
