@@ -194,3 +194,38 @@ impl Status {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::policy::{FailureKind, Outcome, Timing};
+    use crate::license::model::tests::t;
+
+    #[test]
+    fn cloud_lines_say_what_failed_and_what_it_means() {
+        let timing = Timing {
+            poll: std::time::Duration::from_secs(900),
+            max_backoff: std::time::Duration::from_secs(3600),
+        };
+        let mut rec = SyncRecord::new("https://cloud.example/");
+        rec.record(&Outcome::Synced, timing, t("2026-06-01T00:00:00Z"), 0);
+        let now = t("2026-06-01T01:00:00Z");
+        let failed = Outcome::Failed {
+            kind: FailureKind::Unauthorized,
+            message: "the cloud refused this gateway (HTTP 403)".into(),
+            retry_after: None,
+        };
+        rec.record(&failed, timing, now, 0);
+        let c = CloudStatus::build(&rec, Some(t("2026-06-08T00:00:00Z")), now);
+        let text = render_cloud(&c, now);
+        let want = [
+            "cloud: https://cloud.example/",
+            "  last sync: 2026-06-01 00:00:00 (1h 0m ago)",
+            "  LAST ATTEMPT FAILED (unauthorized; 1 in a row) at 2026-06-01 01:00:00 (0s ago): the cloud refused this gateway (HTTP 403)",
+            "  next attempt: 2026-06-01 01:54:00 (in 54m 0s)",
+            "  bundle runs out: 2026-06-08 00:00:00 (in 6d 23h)",
+            "** WARNING: no sync since 2026-06-01 00:00:00 UTC; licensed seats hold until the bundle runs out at 2026-06-08 00:00:00 UTC (in 6d 23h) **",
+        ];
+        assert_eq!(text.lines().collect::<Vec<_>>(), want, "{text}");
+    }
+}
