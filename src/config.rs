@@ -28,6 +28,7 @@ struct RawConfig {
     admission: RawAdmission,
     #[serde(default)]
     reconcile: Vec<RawReconcile>,
+    cloud: Option<RawCloud>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -40,6 +41,18 @@ struct RawReconcile {
     interval_ms: Option<u64>,
     timeout_ms: Option<u64>,
     grace_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCloud {
+    url: Option<String>,
+    ca_file: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
+    poll_interval_ms: Option<u64>,
+    max_backoff_ms: Option<u64>,
+    request_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -96,6 +109,8 @@ pub struct Config {
     pub admission: Admission,
     /// The VPN servers whose own session lists are compared with the table.
     pub reconcile: Vec<Reconcile>,
+    /// Cloud sync; `None` when the config has no `[cloud]` section.
+    pub cloud: Option<Cloud>,
 }
 
 pub const DEFAULT_OCCTL: &str = "/usr/bin/occtl";
@@ -136,6 +151,26 @@ impl Source {
         }
     }
 }
+
+/// Where and how the daemon syncs its bundle with the cloud. Holds paths
+/// only: the key itself is read once when the HTTPS client is built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cloud {
+    /// Base URL (https); the endpoints are joined to it.
+    pub url: reqwest::Url,
+    /// The CA that signed the cloud's server certificate: the only trust anchor.
+    pub ca_file: PathBuf,
+    /// This gateway's client certificate (PEM), the CA-signed device identity.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub poll_interval: Duration,
+    pub max_backoff: Duration,
+    pub request_timeout: Duration,
+}
+
+pub const DEFAULT_POLL_INTERVAL_MS: u64 = 15 * 60 * 1000;
+pub const DEFAULT_MAX_BACKOFF_MS: u64 = 60 * 60 * 1000;
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 20 * 1000;
 
 #[derive(Debug, Clone)]
 pub struct Admission {
@@ -282,6 +317,9 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<Problem>> {
         .enumerate()
         .filter_map(|(i, r)| reconcile_entry(&mut problems, i, r, &resolve))
         .collect();
+    let cloud = raw
+        .cloud
+        .and_then(|c| parse_cloud(&mut problems, c, &resolve, trusted_keys.is_empty()));
     let config = Config {
         device,
         builtin_seats: raw.builtin_seats.unwrap_or(2),
@@ -312,12 +350,131 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<Problem>> {
             server_check,
         },
         reconcile,
+        cloud,
     };
     if problems.is_empty() {
         Ok(config)
     } else {
         Err(problems)
     }
+}
+
+fn parse_cloud(
+    problems: &mut Vec<Problem>,
+    c: RawCloud,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+    no_trusted_keys: bool,
+) -> Option<Cloud> {
+    let before = problems.len();
+    let url = match c.url.as_deref().map(reqwest::Url::parse) {
+        None => {
+            problems.push(problem(
+                "cloud.url",
+                "missing; set the cloud's base URL, e.g. url = \"https://cloud.example.com/\", or remove [cloud]",
+            ));
+            None
+        }
+        Some(Err(e)) => {
+            problems.push(problem(
+                "cloud.url",
+                format!("not a URL ({e}); write it as https://host[:port]/[path]"),
+            ));
+            None
+        }
+        Some(Ok(u)) if u.scheme() != "https" => {
+            problems.push(problem(
+                "cloud.url",
+                format!(
+                    "scheme {:?} is not allowed; the cloud is reached over https only",
+                    u.scheme()
+                ),
+            ));
+            None
+        }
+        Some(Ok(u)) if !u.username().is_empty() || u.password().is_some() => {
+            problems.push(problem(
+                "cloud.url",
+                "must not carry a user or password; the gateway authenticates with client_cert",
+            ));
+            None
+        }
+        Some(Ok(u)) if u.query().is_some() || u.fragment().is_some() => {
+            problems.push(problem(
+                "cloud.url",
+                "must not have a query or fragment; give the base URL only",
+            ));
+            None
+        }
+        Some(Ok(mut u)) => {
+            // A base without a trailing slash would lose its last segment when joined.
+            if !u.path().ends_with('/') {
+                let path = format!("{}/", u.path());
+                u.set_path(&path);
+            }
+            Some(u)
+        }
+    };
+    let mut file = |key: &str, value: Option<PathBuf>, what: &str| match value {
+        Some(p) => Some(resolve(p)),
+        None => {
+            problems.push(problem(
+                &format!("cloud.{key}"),
+                format!("missing; set it to {what}"),
+            ));
+            None
+        }
+    };
+    let ca_file = file(
+        "ca_file",
+        c.ca_file,
+        "the PEM file of the CA that signed the cloud's server certificate",
+    );
+    let client_cert = file(
+        "client_cert",
+        c.client_cert,
+        "this gateway's client certificate (PEM) issued by the cloud",
+    );
+    let client_key = file(
+        "client_key",
+        c.client_key,
+        "the private key (PEM) of client_cert",
+    );
+    let poll_interval = millis(
+        problems,
+        "cloud.poll_interval_ms",
+        c.poll_interval_ms,
+        DEFAULT_POLL_INTERVAL_MS,
+    );
+    let max_backoff = millis(
+        problems,
+        "cloud.max_backoff_ms",
+        c.max_backoff_ms,
+        DEFAULT_MAX_BACKOFF_MS,
+    );
+    let request_timeout = millis(
+        problems,
+        "cloud.request_timeout_ms",
+        c.request_timeout_ms,
+        DEFAULT_REQUEST_TIMEOUT_MS,
+    );
+    if no_trusted_keys && !problems.iter().any(|p| p.key == "license.trusted_keys") {
+        problems.push(problem(
+            "license.trusted_keys",
+            "empty, so no bundle from the cloud can ever verify; add the license signer's public key",
+        ));
+    }
+    if problems.len() > before {
+        return None;
+    }
+    Some(Cloud {
+        url: url?,
+        ca_file: ca_file?,
+        client_cert: client_cert?,
+        client_key: client_key?,
+        poll_interval,
+        max_backoff,
+        request_timeout,
+    })
 }
 
 fn millis(problems: &mut Vec<Problem>, key: &str, value: Option<u64>, default: u64) -> Duration {
@@ -600,5 +757,60 @@ mod tests {
         let problems = parse("", Path::new("/")).unwrap_err();
         assert_eq!(problems[0].key, "device");
         assert!(problems[0].message.contains("serial"));
+    }
+
+    #[test]
+    fn cloud_section_is_validated_into_typed_values() {
+        let text = format!(
+            "device = \"D\"\n[license]\ntrusted_keys = [\"{KEY}\"]\n[cloud]\nurl = \"https://cloud.example/api\"\nca_file = \"ca.pem\"\nclient_cert = \"/etc/seatgate/device.crt\"\nclient_key = \"device.key\"\npoll_interval_ms = 60000\n"
+        );
+        let c = parse(&text, Path::new("/opt/demo")).unwrap().cloud.unwrap();
+        assert_eq!(c.url.as_str(), "https://cloud.example/api/");
+        assert_eq!(c.ca_file, PathBuf::from("/opt/demo/ca.pem"));
+        assert_eq!(c.client_cert, PathBuf::from("/etc/seatgate/device.crt"));
+        assert_eq!(c.client_key, PathBuf::from("/opt/demo/device.key"));
+        assert_eq!(c.poll_interval, Duration::from_secs(60));
+        assert_eq!(c.max_backoff, Duration::from_millis(DEFAULT_MAX_BACKOFF_MS));
+        assert_eq!(
+            c.request_timeout,
+            Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS)
+        );
+        assert!(parse("device = \"D\"", Path::new("/"))
+            .unwrap()
+            .cloud
+            .is_none());
+    }
+
+    #[test]
+    fn cloud_problems_name_their_keys() {
+        let keys = |cloud: &str| -> Vec<String> {
+            let text = format!("device = \"D\"\n[cloud]\n{cloud}");
+            parse(&text, Path::new("/"))
+                .err()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| format!("{}: {}", p.key, p.message))
+                .collect()
+        };
+        let files = "ca_file = \"a\"\nclient_cert = \"b\"\nclient_key = \"c\"\n";
+        let cases: Vec<(&str, String, Vec<&str>)> = vec![
+            (
+                "empty section",
+                String::new(),
+                vec!["cloud.url: missing", "cloud.ca_file: missing", "cloud.client_cert: missing", "cloud.client_key: missing", "license.trusted_keys: empty"],
+            ),
+            ("plain http", format!("url = \"http://c/\"\n{files}"), vec!["cloud.url: scheme \"http\" is not allowed", "license.trusted_keys"]),
+            ("not a url", format!("url = \"cloud\"\n{files}"), vec!["cloud.url: not a URL", "license.trusted_keys"]),
+            ("credentials", format!("url = \"https://u:p@c/\"\n{files}"), vec!["cloud.url: must not carry a user or password", "license.trusted_keys"]),
+            ("query", format!("url = \"https://c/?a=1\"\n{files}"), vec!["cloud.url: must not have a query", "license.trusted_keys"]),
+            ("zero times", format!("url = \"https://c/\"\n{files}poll_interval_ms = 0\nmax_backoff_ms = 0\nrequest_timeout_ms = 0\n"), vec!["cloud.poll_interval_ms: must be at least 1", "cloud.max_backoff_ms: must be at least 1", "cloud.request_timeout_ms: must be at least 1", "license.trusted_keys"]),
+        ];
+        for (name, cloud, want) in cases {
+            let got = keys(&cloud);
+            assert_eq!(got.len(), want.len(), "{name}: {got:?}");
+            for (g, w) in got.iter().zip(&want) {
+                assert!(g.starts_with(w), "{name}: {g:?} does not start with {w:?}");
+            }
+        }
     }
 }

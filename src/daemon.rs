@@ -1,6 +1,7 @@
 //! `seatgate run`: wires config, licenses, the session journal, the socket
 //! server and the background duties (dead-server reaping, clock and cap
-//! ticks, systemd notify and watchdog, SIGHUP reload) under one shutdown.
+//! ticks, cloud sync, systemd notify and watchdog, SIGHUP reload) under one
+//! shutdown.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use chrono::Utc;
 use tokio::net::UnixListener;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -17,6 +19,7 @@ use crate::admission::access::Policy;
 use crate::admission::journal::Journal;
 use crate::admission::seats::Seats;
 use crate::admission::server::{self, Ctx};
+use crate::cloud;
 use crate::config::{self, Config};
 use crate::licensing::{self, Licenses};
 use crate::reconcile;
@@ -95,6 +98,17 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
     }
     let config = Arc::new(Mutex::new(config));
     tracker.spawn(ticker(ctx.clone(), config.clone(), cancel.clone()));
+    let reloaded = Arc::new(Notify::new());
+    tracker.spawn(cloud::sync::run(
+        ctx.clone(),
+        config.clone(),
+        reloaded.clone(),
+        {
+            let (ctx, config) = (ctx.clone(), config.clone());
+            move || persist_licenses(&ctx, &config)
+        },
+        cancel.clone(),
+    ));
     if let Some(every) = sys::watchdog_interval() {
         tracker.spawn(watchdog(every, cancel.clone()));
     }
@@ -102,6 +116,7 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
         config_path,
         config.clone(),
         ctx.clone(),
+        reloaded,
         cancel.clone(),
     ));
 
@@ -217,6 +232,11 @@ async fn ticker(ctx: Arc<Ctx>, config: Arc<Mutex<Config>>, cancel: CancellationT
                 "the seat cap changed"
             );
             last_cap = status.cap_total;
+            if status.bundle.as_ref().is_some_and(|b| b.ran_out) {
+                tracing::error!(
+                    "the license bundle ran out: built-in seats only until a fresh bundle arrives (check the cloud sync in `seatgate status`)"
+                );
+            }
         }
         persist_licenses(&ctx, &config);
     }
@@ -225,10 +245,18 @@ async fn ticker(ctx: Arc<Ctx>, config: Arc<Mutex<Config>>, cancel: CancellationT
 /// Writes the clock's high-water mark (and a new bundle) to the state
 /// directory, outside the seats lock: flash can be slow.
 fn persist_licenses(ctx: &Ctx, config: &Mutex<Config>) {
+    // The ticker and the cloud sync both persist: one at a time, so an older
+    // snapshot is never written after a newer one.
+    static PERSISTING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = PERSISTING.lock().unwrap_or_else(|p| p.into_inner());
     let config = config.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut lic = ctx.seats().licenses().clone();
     match licensing::persist(&config, &mut lic, Utc::now()) {
-        Ok(()) => ctx.seats().note_high_water(lic.high_water),
+        Ok(()) => {
+            let mut seats = ctx.seats();
+            seats.note_high_water(lic.high_water);
+            seats.note_persisted(lic.current.as_ref().map(|(s, _)| s));
+        }
         Err(e) => {
             tracing::warn!(dir = %config.state_dir.display(), error = %e, "cannot persist the clock high-water mark")
         }
@@ -242,11 +270,13 @@ async fn watchdog(every: Duration, cancel: CancellationToken) {
     }
 }
 
-/// SIGHUP: re-read the config and the licenses; sessions stay.
+/// SIGHUP: re-read the config and the licenses; sessions stay. The cloud
+/// sync is told, so a changed `[cloud]` section takes effect at once.
 async fn reloader(
     path: PathBuf,
     config: Arc<Mutex<Config>>,
     ctx: Arc<Ctx>,
+    reloaded: Arc<Notify>,
     cancel: CancellationToken,
 ) {
     let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
@@ -261,6 +291,7 @@ async fn reloader(
     {
         sys::notify("RELOADING=1");
         reload(&path, &config, &ctx);
+        reloaded.notify_one();
         sys::notify("READY=1");
     }
 }

@@ -5,6 +5,9 @@
 //!   `lifecycle` (status at an instant), `cap` (seat cap and timeline),
 //!   `bundle` (Ed25519-signed bundles and their acceptance). Pure.
 //! - `clock`: the engine's never-backwards now. Pure.
+//! - `cloud/`: cloud sync. `wire` (the contract as data), `policy` (next
+//!   attempt, back-off, jitter, cloud status: pure), `client` (HTTPS, mTLS),
+//!   `sync` (the loop feeding bundles to the seat authority).
 //! - `config`: TOML parsed and validated into typed values.
 //! - `licensing`: the engine meets the disk (stored bundle, bundle file, clock).
 //! - `report`: the license report (pure) behind `seatgate licenses`.
@@ -28,6 +31,7 @@ pub mod admission;
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod cloud;
 pub mod config;
 pub mod daemon;
 pub mod hook;

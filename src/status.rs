@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::admission::protocol::ServerKind;
 use crate::admission::table::Table;
+use crate::cloud::policy::{human, CloudStatus, Severity, SyncRecord};
 use crate::license::cap::describe_timeline;
 use crate::license::{Cap, Step};
 use crate::licensing::Licenses;
@@ -30,6 +31,9 @@ pub struct Status {
     pub timeline: Vec<Step>,
     pub bundle: Option<BundleInfo>,
     pub warnings: Vec<String>,
+    /// Cloud sync; absent when the config has no `[cloud]` section.
+    #[serde(default)]
+    pub cloud: Option<CloudStatus>,
     pub sessions: Vec<SessionInfo>,
 }
 
@@ -43,8 +47,56 @@ pub struct SessionInfo {
     pub since: DateTime<Utc>,
 }
 
+fn when(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let at = t.format("%Y-%m-%d %H:%M:%S");
+    if t <= now {
+        format!("{at} ({} ago)", human(now - t))
+    } else {
+        format!("{at} (in {})", human(t - now))
+    }
+}
+
+/// The cloud lines of `seatgate status`.
+fn render_cloud(c: &CloudStatus, now: DateTime<Utc>) -> String {
+    let mut out = format!("cloud: {}\n", c.url);
+    let synced = c.last_success.map_or("never".into(), |t| when(t, now));
+    out.push_str(&format!("  last sync: {synced}\n"));
+    if let Some(e) = &c.last_error {
+        out.push_str(&format!(
+            "  LAST ATTEMPT FAILED ({}; {} in a row) at {}: {}\n",
+            e.kind.label(),
+            c.failures,
+            when(e.at, now),
+            e.message
+        ));
+    }
+    if let Some(t) = c.next_attempt {
+        out.push_str(&format!("  next attempt: {}\n", when(t, now)));
+    }
+    if let Some(t) = c.bundle_not_after {
+        out.push_str(&format!("  bundle runs out: {}\n", when(t, now)));
+    }
+    if let Some(t) = c.last_report {
+        out.push_str(&format!("  usage reported: {}\n", when(t, now)));
+    }
+    if let Some(a) = &c.alarm {
+        let tag = match a.severity {
+            Severity::Error => "** ERROR",
+            Severity::Warning => "** WARNING",
+        };
+        out.push_str(&format!("{tag}: {} **\n", a.message));
+    }
+    out
+}
+
 impl Status {
-    pub fn build(device: &str, table: &Table, lic: &Licenses, now: DateTime<Utc>) -> Status {
+    pub fn build(
+        device: &str,
+        table: &Table,
+        lic: &Licenses,
+        cloud: Option<&SyncRecord>,
+        now: DateTime<Utc>,
+    ) -> Status {
         let cap = lic.entitlement.cap_at(now);
         let total = cap.total();
         let in_use = table.in_use();
@@ -77,6 +129,7 @@ impl Status {
             timeline,
             bundle: BundleInfo::of(lic, now),
             warnings: lic.warnings.clone(),
+            cloud: cloud.map(|r| CloudStatus::build(r, lic.bundle().map(|b| b.not_after), now)),
             sessions,
         }
     }
@@ -115,6 +168,9 @@ impl Status {
             "peak: {}{peak_at}; denials: {}\n",
             self.peak, self.denials
         ));
+        if let Some(c) = &self.cloud {
+            out.push_str(&render_cloud(c, self.now));
+        }
         for w in &self.warnings {
             out.push_str(&format!("warning: {w}\n"));
         }
@@ -136,5 +192,40 @@ impl Status {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::policy::{FailureKind, Outcome, Timing};
+    use crate::license::model::tests::t;
+
+    #[test]
+    fn cloud_lines_say_what_failed_and_what_it_means() {
+        let timing = Timing {
+            poll: std::time::Duration::from_secs(900),
+            max_backoff: std::time::Duration::from_secs(3600),
+        };
+        let mut rec = SyncRecord::new("https://cloud.example/");
+        rec.record(&Outcome::Synced, timing, t("2026-06-01T00:00:00Z"), 0);
+        let now = t("2026-06-01T01:00:00Z");
+        let failed = Outcome::Failed {
+            kind: FailureKind::Unauthorized,
+            message: "the cloud refused this gateway (HTTP 403)".into(),
+            retry_after: None,
+        };
+        rec.record(&failed, timing, now, 0);
+        let c = CloudStatus::build(&rec, Some(t("2026-06-08T00:00:00Z")), now);
+        let text = render_cloud(&c, now);
+        let want = [
+            "cloud: https://cloud.example/",
+            "  last sync: 2026-06-01 00:00:00 (1h 0m ago)",
+            "  LAST ATTEMPT FAILED (unauthorized; 1 in a row) at 2026-06-01 01:00:00 (0s ago): the cloud refused this gateway (HTTP 403)",
+            "  next attempt: 2026-06-01 01:54:00 (in 54m 0s)",
+            "  bundle runs out: 2026-06-08 00:00:00 (in 6d 23h)",
+            "** WARNING: no sync since 2026-06-01 00:00:00 UTC; licensed seats hold until the bundle runs out at 2026-06-08 00:00:00 UTC (in 6d 23h) **",
+        ];
+        assert_eq!(text.lines().collect::<Vec<_>>(), want, "{text}");
     }
 }

@@ -20,6 +20,9 @@ pub fn check_config_on_host(config: &Config) -> Vec<Problem> {
             });
         }
     }
+    if let Some(cloud) = &config.cloud {
+        problems.extend(check_cloud_files(cloud));
+    }
     let a = &config.admission;
     for (i, name) in a.vpn_users.iter().enumerate() {
         if uid_of(name).is_none() {
@@ -62,6 +65,52 @@ pub fn check_config_on_host(config: &Config) -> Vec<Problem> {
                     ),
                 });
             }
+        }
+    }
+    problems
+}
+
+/// The cloud's files exist, and the client key is not readable by everyone.
+fn check_cloud_files(cloud: &crate::config::Cloud) -> Vec<Problem> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut problems = Vec::new();
+    let files = [
+        (
+            "cloud.ca_file",
+            &cloud.ca_file,
+            "the cloud's CA certificate (PEM)",
+        ),
+        (
+            "cloud.client_cert",
+            &cloud.client_cert,
+            "this gateway's client certificate (PEM)",
+        ),
+        (
+            "cloud.client_key",
+            &cloud.client_key,
+            "the client certificate's private key (PEM)",
+        ),
+    ];
+    for (key, path, what) in files {
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_file() => {
+                if key == "cloud.client_key" && m.permissions().mode() & 0o004 != 0 {
+                    problems.push(Problem {
+                        key: key.into(),
+                        message: format!(
+                            "{} is readable by every user; chmod 600 it (owned by the daemon's user)",
+                            path.display()
+                        ),
+                    });
+                }
+            }
+            _ => problems.push(Problem {
+                key: key.into(),
+                message: format!(
+                    "{} does not exist or is not a file; install {what} there",
+                    path.display()
+                ),
+            }),
         }
     }
     problems

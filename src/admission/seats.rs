@@ -7,6 +7,9 @@ use chrono::{DateTime, Utc};
 use super::journal::Journal;
 use super::protocol::{AdmitRequest, AdmitResponse, DenyReason, ReleaseResponse};
 use super::table::{Decision, ServerId, Session, Table};
+use crate::cloud::policy::SyncRecord;
+use crate::config::Config;
+use crate::license::bundle::{BundleError, SignedBundle};
 use crate::licensing::Licenses;
 use crate::reconcile::Listing;
 use crate::status::Status;
@@ -16,6 +19,8 @@ pub struct Seats {
     table: Table,
     journal: Journal,
     licenses: Licenses,
+    /// The cloud sync's record, for status (None without `[cloud]`).
+    cloud: Option<SyncRecord>,
 }
 
 impl Seats {
@@ -25,6 +30,7 @@ impl Seats {
             table,
             journal,
             licenses,
+            cloud: None,
         }
     }
 
@@ -34,6 +40,31 @@ impl Seats {
 
     pub fn set_licenses(&mut self, licenses: Licenses) {
         self.licenses = licenses;
+    }
+
+    /// Offers a signed bundle from the cloud to the licenses in force under
+    /// the licensing rules. Returns whether it replaced the bundle in force;
+    /// refused, nothing changes.
+    pub fn offer_bundle(
+        &mut self,
+        config: &Config,
+        text: &str,
+        system: DateTime<Utc>,
+    ) -> Result<bool, BundleError> {
+        let before = self.licenses.current.as_ref().map(|(s, _)| s.clone());
+        self.licenses.offer(config, text, system)?;
+        Ok(self.licenses.current.as_ref().map(|(s, _)| s) != before.as_ref())
+    }
+
+    /// Records that `signed` is on disk: no need to write it again.
+    pub fn note_persisted(&mut self, signed: Option<&SignedBundle>) {
+        if self.licenses.current.as_ref().map(|(s, _)| s) == signed {
+            self.licenses.changed = false;
+        }
+    }
+
+    pub fn set_cloud(&mut self, record: Option<SyncRecord>) {
+        self.cloud = record;
     }
 
     /// Records that the clock's high-water mark reached `at` on disk.
@@ -179,6 +210,7 @@ impl Seats {
             &self.device,
             &self.table,
             &self.licenses,
+            self.cloud.as_ref(),
             self.licenses.now(system),
         )
     }

@@ -1,6 +1,7 @@
 pub mod util;
 
 mod cli;
+mod cloud;
 mod daemon;
 mod systemd;
 mod vpn;

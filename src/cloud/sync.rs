@@ -1,0 +1,235 @@
+//! The sync loop: on the policy's schedule, fetch this device's bundle,
+//! offer it to the seat authority (the licensing rules decide), persist an
+//! accepted one, report usage, and keep the record status shows. One tracing
+//! span per cycle. Stops on the daemon's CancellationToken; a config reload
+//! (`reloaded`) rebuilds the client and syncs at once.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::client::{CloudClient, CloudError, Fetched};
+use super::policy::{self, FailureKind, Outcome, Severity, SyncRecord, Timing};
+use super::wire::{UsageReport, USAGE_FORMAT};
+use crate::admission::server::Ctx;
+use crate::config::{Cloud, Config};
+use crate::license::bundle::BundleError;
+
+/// What went wrong in one cycle.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Cloud(#[from] CloudError),
+    /// The bundle failed verification or the acceptance rules; the bundle
+    /// in force stays.
+    #[error("bundle from the cloud refused, keeping the bundle in force: {0}")]
+    Rejected(#[from] BundleError),
+}
+
+impl SyncError {
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            SyncError::Cloud(e) => e.kind(),
+            SyncError::Rejected(_) => FailureKind::Rejected,
+        }
+    }
+}
+
+/// How long to sleep when there is no `[cloud]` section: only a reload wakes it.
+const IDLE: Duration = Duration::from_secs(24 * 3600);
+
+/// Runs until `cancel`. `persist` stores newly accepted licenses.
+pub async fn run(
+    ctx: Arc<Ctx>,
+    config: Arc<Mutex<Config>>,
+    reloaded: Arc<Notify>,
+    persist: impl Fn() + Send,
+    cancel: CancellationToken,
+) {
+    let mut client: Option<(Cloud, CloudClient)> = None;
+    let mut record = SyncRecord::default();
+    let mut etag: Option<String> = None;
+    let mut wait = Duration::ZERO;
+    let mut cycle: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+            _ = reloaded.notified() => {
+                // The reload re-read the licenses from disk: fetch in full,
+                // and re-read the key files (they may have been renewed).
+                client = None;
+            }
+        }
+        let config = config.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(cloud) = config.cloud.clone() else {
+            if client.take().is_some() {
+                tracing::info!("[cloud] removed from the config; cloud sync stopped");
+            }
+            ctx.seats().set_cloud(None);
+            wait = IDLE;
+            continue;
+        };
+        let timing = Timing {
+            poll: cloud.poll_interval,
+            max_backoff: cloud.max_backoff,
+        };
+        if client.as_ref().map(|(c, _)| c) != Some(&cloud) {
+            etag = None;
+            if record.url != cloud.url.as_str() {
+                record = SyncRecord::new(cloud.url.as_str());
+            }
+            match CloudClient::new(&cloud, &config.device) {
+                Ok(c) => {
+                    tracing::info!(url = %cloud.url, poll_ms = cloud.poll_interval.as_millis() as u64, "cloud sync configured");
+                    client = Some((cloud.clone(), c));
+                }
+                Err(e) => {
+                    tracing::error!("cloud sync cannot start: {e}");
+                    client = None;
+                    let outcome = Outcome::Failed {
+                        kind: FailureKind::Unexpected,
+                        message: e.to_string(),
+                        retry_after: None,
+                    };
+                    wait = record.record(&outcome, timing, Utc::now(), random());
+                    ctx.seats().set_cloud(Some(record.clone()));
+                    continue;
+                }
+            }
+        }
+        let Some((_, http)) = client.as_ref() else {
+            continue;
+        };
+        cycle += 1;
+        let span = tracing::info_span!("sync", cycle, url = %cloud.url);
+        async {
+            let result = sync_once(http, &ctx, &config, &mut etag, &persist).await;
+            let outcome = match result {
+                Ok(()) => {
+                    if record.failures > 0 {
+                        tracing::info!(after_failures = record.failures, "cloud sync recovered");
+                    }
+                    Outcome::Synced
+                }
+                Err(e) => {
+                    let kind = e.kind();
+                    if kind.is_transient() {
+                        tracing::warn!(kind = kind.label(), "cloud sync failed: {e}");
+                    } else {
+                        tracing::error!(kind = kind.label(), "cloud sync failed: {e}");
+                    }
+                    Outcome::Failed {
+                        kind,
+                        message: e.to_string(),
+                        retry_after: match &e {
+                            SyncError::Cloud(c) => c.retry_after(),
+                            SyncError::Rejected(_) => None,
+                        },
+                    }
+                }
+            };
+            let now = Utc::now();
+            wait = record.record(&outcome, timing, now, random());
+            if outcome != Outcome::Synced {
+                say_what_it_means(&ctx, &record, now);
+            }
+            if outcome == Outcome::Synced {
+                report_usage(http, &ctx, &mut record).await;
+            }
+            tracing::debug!(next_in_ms = wait.as_millis() as u64, "next sync attempt");
+        }
+        .instrument(span)
+        .await;
+        ctx.seats().set_cloud(Some(record.clone()));
+    }
+}
+
+/// Fetches the bundle and offers it to the seat authority.
+async fn sync_once(
+    http: &CloudClient,
+    ctx: &Ctx,
+    config: &Config,
+    etag: &mut Option<String>,
+    persist: &impl Fn(),
+) -> Result<(), SyncError> {
+    match http.fetch_bundle(etag.as_deref()).await? {
+        Fetched::NotModified => {
+            tracing::debug!("bundle unchanged (304)");
+            Ok(())
+        }
+        Fetched::Bundle { text, etag: tag } => {
+            let now = Utc::now();
+            let (before, offered, after, generation) = {
+                let mut seats = ctx.seats();
+                let before = seats.cap(now);
+                let offered = seats.offer_bundle(config, &text, now);
+                let generation = seats.licenses().bundle().map(|b| b.generation);
+                (before, offered, seats.cap(now), generation)
+            };
+            let changed = offered?;
+            *etag = tag;
+            if changed {
+                tracing::info!(
+                    generation,
+                    cap_before = before,
+                    cap = after,
+                    "new bundle accepted from the cloud"
+                );
+                if after != before {
+                    tracing::warn!(
+                        from = before,
+                        to = after,
+                        "the seat cap changed with the cloud's bundle"
+                    );
+                }
+                persist();
+            } else {
+                tracing::debug!(generation, "bundle from the cloud is the one in force");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Says loudly what a failed sync means for the seats.
+fn say_what_it_means(ctx: &Ctx, record: &SyncRecord, now: chrono::DateTime<Utc>) {
+    let not_after = ctx.seats().licenses().bundle().map(|b| b.not_after);
+    let alarm = policy::alarm(record.last_success, not_after, now);
+    match alarm.severity {
+        Severity::Error => tracing::error!(failures = record.failures, "{}", alarm.message),
+        Severity::Warning => tracing::warn!(failures = record.failures, "{}", alarm.message),
+    }
+}
+
+async fn report_usage(http: &CloudClient, ctx: &Ctx, record: &mut SyncRecord) {
+    let report = {
+        let seats = ctx.seats();
+        let status = seats.status(Utc::now());
+        UsageReport {
+            format: USAGE_FORMAT,
+            device: status.device,
+            at: status.now,
+            cap: status.cap_total,
+            in_use: status.in_use,
+            peak: status.peak,
+            peak_at: status.peak_at,
+            denials: status.denials,
+            generation: status.bundle.map(|b| b.generation),
+        }
+    };
+    match http.report_usage(&report).await {
+        Ok(()) => record.last_report = Some(Utc::now()),
+        Err(e) => tracing::warn!("usage report not delivered (the next sync tries again): {e}"),
+    }
+}
+
+/// Jitter source: any value will do, a failing OS source gives no jitter.
+fn random() -> u64 {
+    let mut bytes = [0u8; 8];
+    getrandom::getrandom(&mut bytes).map_or(0, |()| u64::from_le_bytes(bytes))
+}

@@ -1,0 +1,486 @@
+//! Cloud sync end to end: the real daemon against the development cloud
+//! (examples/devcloud, built by `cargo test`) over real mTLS on 127.0.0.1,
+//! with short poll intervals; outcomes are polled with deadlines.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use seatgate::admission::protocol::Request;
+use seatgate::cloud::policy::{FailureKind, Severity};
+use seatgate::license::bundle::{encode_public_key, encode_secret_key, SignedBundle};
+use seatgate::status::Status;
+
+use super::util::{admitted, bin, call, wait_for, Daemon, FakeServer, Gateway, DEVICE};
+
+const POLL_MS: u64 = 150;
+const SOON: Duration = Duration::from_secs(5);
+
+/// The development cloud: its directory and, while serving, its process.
+struct DevCloud {
+    dir: tempfile::TempDir,
+    server: Option<Child>,
+    addr: String,
+}
+
+fn devcloud_bin() -> PathBuf {
+    let path = Path::new(bin())
+        .parent()
+        .expect("the seatgate binary has a directory")
+        .join("examples/devcloud");
+    assert!(
+        path.is_file(),
+        "{} is missing; `cargo test` builds it (or `cargo build --example devcloud`)",
+        path.display()
+    );
+    path
+}
+
+impl DevCloud {
+    /// A cloud signing with the gateway's trusted key, `DEVICE` registered.
+    fn new(gw: &Gateway, ttl_secs: u64) -> DevCloud {
+        let cloud = DevCloud {
+            dir: tempfile::Builder::new()
+                .prefix("seatgate-devcloud-")
+                .tempdir()
+                .unwrap(),
+            server: None,
+            addr: "127.0.0.1:0".into(),
+        };
+        cloud.run(&[
+            "init",
+            "--signing-key",
+            &encode_secret_key(&gw.key),
+            "--ttl-secs",
+            &ttl_secs.to_string(),
+        ]);
+        cloud.run(&["device", "add", DEVICE, "--org", "ORG-T"]);
+        cloud
+    }
+
+    fn run(&self, args: &[&str]) {
+        let out = Command::new(devcloud_bin())
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "devcloud {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Serves on the last address (an ephemeral port the first time).
+    fn start(&mut self) {
+        let addr_file = self.dir.path().join("addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let child = Command::new(devcloud_bin())
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(["serve", "--addr", &self.addr])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.server = Some(child);
+        self.addr = wait_for("the devcloud to listen", SOON, || {
+            std::fs::read_to_string(&addr_file).ok()
+        });
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn usage(&self, serial: &str) -> Option<serde_json::Value> {
+        let text = std::fs::read_to_string(self.path(&format!("usage/{serial}.json"))).ok()?;
+        serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .map(|v| v["report"].clone())
+    }
+}
+
+impl Drop for DevCloud {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The files a gateway uses to reach a cloud.
+struct Identity {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Identity {
+    fn of(cloud: &DevCloud, serial: &str) -> Identity {
+        Identity {
+            ca: cloud.path("ca.pem"),
+            cert: cloud.path(&format!("devices/{serial}.pem")),
+            key: cloud.path(&format!("devices/{serial}.key")),
+        }
+    }
+}
+
+/// A gateway whose only license source is the cloud at `cloud.addr`.
+fn cloud_gateway(cloud: &DevCloud, id: &Identity) -> Gateway {
+    let gw = Gateway::new(0);
+    let _ = std::fs::remove_file(gw.path("bundle.json"));
+    let text = format!(
+        "device = \"{DEVICE}\"\n[license]\ntrusted_keys = [\"{}\"]\n[paths]\nsocket = \"run/seatgate.sock\"\nruntime_dir = \"run\"\nstate_dir = \"state\"\n[admission]\nserver_check_ms = 100\n[cloud]\nurl = \"https://{}/\"\nca_file = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"\npoll_interval_ms = {POLL_MS}\nmax_backoff_ms = 600\nrequest_timeout_ms = 1000\n",
+        encode_public_key(&gw.key.verifying_key()),
+        cloud.addr,
+        id.ca.display(),
+        id.cert.display(),
+        id.key.display(),
+    );
+    std::fs::write(gw.config_path(), text).unwrap();
+    gw
+}
+
+/// The same signing key as the gateway `cloud_gateway` will make.
+fn signer() -> Gateway {
+    Gateway::new(0)
+}
+
+fn cap_becomes(d: &Daemon, cap: u32, what: &str) -> Status {
+    wait_for(what, SOON, || {
+        let s = d.status();
+        (s.cap_total == cap).then_some(s)
+    })
+}
+
+fn synced(d: &Daemon) -> Status {
+    wait_for("a successful sync", SOON, || {
+        let s = d.status();
+        s.cloud
+            .as_ref()
+            .is_some_and(|c| c.last_success.is_some() && c.last_error.is_none())
+            .then_some(s)
+    })
+}
+
+fn failed_with(d: &Daemon, kind: FailureKind, needle: &str) -> Status {
+    wait_for(
+        &format!("a {kind:?} failure saying {needle:?}"),
+        SOON,
+        || {
+            let s = d.status();
+            s.cloud
+                .as_ref()
+                .and_then(|c| c.last_error.as_ref())
+                .is_some_and(|e| e.kind == kind && e.message.contains(needle))
+                .then_some(s)
+        },
+    )
+}
+
+fn release(d: &Daemon, key: &str) {
+    call(&d.socket, &Request::Release { key: key.into() }).unwrap();
+}
+
+#[test]
+fn cloud_lifecycle_add_share_move_expire_replace_reaches_the_gateway() {
+    let gw0 = signer();
+    let mut cloud = DevCloud::new(&gw0, 3600);
+    cloud.run(&["device", "add", "ESG-PEER", "--org", "ORG-T"]);
+    cloud.start();
+    let gw = cloud_gateway(&cloud, &Identity::of(&cloud, DEVICE));
+    let d = gw.start();
+    assert_eq!(synced(&d).cap_total, 2, "no license yet: built-in seats");
+
+    // Add License: the cap rises on the next sync.
+    let t0 = Instant::now();
+    cloud.run(&[
+        "license", "add", "LIC-1", "--device", DEVICE, "--seats", "20",
+    ]);
+    cap_becomes(&d, 22, "the added license to count");
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_millis(POLL_MS * 2 + 1500),
+        "took {took:?}"
+    );
+
+    // A 150-seat license of the peer shared with this gateway: a replica
+    // with half the pool.
+    cloud.run(&[
+        "license", "add", "LIC-BIG", "--device", "ESG-PEER", "--seats", "150",
+    ]);
+    cloud.run(&["license", "share", "LIC-BIG", "--with", DEVICE]);
+    let s = cap_becomes(&d, 22 + 75, "the replica to count");
+    assert_eq!(s.cap.pooled, 75);
+
+    let vpn = FakeServer::start();
+    for i in 0..30 {
+        assert!(admitted(
+            &call(&d.socket, &vpn.admit(&format!("s{i}"))).unwrap()
+        ));
+    }
+    wait_for("the usage report to reach the cloud", SOON, || {
+        cloud.usage(DEVICE).filter(|r| r["in_use"] == 30)
+    });
+
+    // Unshare, then Move License away: the cap drops under the sessions
+    // held; they stay and drain, new ones are denied.
+    cloud.run(&["license", "unshare", "LIC-BIG", "--from", DEVICE]);
+    cap_becomes(&d, 22, "the replica to be unbound");
+    cloud.run(&["license", "move", "LIC-1", "--to", "ESG-PEER"]);
+    let s = cap_becomes(&d, 2, "the moved license to leave");
+    assert_eq!((s.in_use, s.over_cap_by), (30, 28));
+    assert!(!admitted(&call(&d.socket, &vpn.admit("new")).unwrap()));
+    for i in 0..27 {
+        release(&d, &format!("s{i}"));
+    }
+    assert!(
+        !admitted(&call(&d.socket, &vpn.admit("new")).unwrap()),
+        "3 held, cap 2"
+    );
+    release(&d, "s27");
+    assert!(
+        !admitted(&call(&d.socket, &vpn.admit("new")).unwrap()),
+        "2 held, cap 2"
+    );
+    release(&d, "s28");
+    assert!(
+        admitted(&call(&d.socket, &vpn.admit("new")).unwrap()),
+        "drained"
+    );
+
+    // Expiry in the cloud, then Replace Device: the old gateway's next sync
+    // takes the seats away.
+    cloud.run(&[
+        "license", "add", "LIC-2", "--device", DEVICE, "--seats", "40",
+    ]);
+    cap_becomes(&d, 42, "LIC-2 to count");
+    cloud.run(&["license", "expire", "LIC-2"]);
+    cap_becomes(&d, 2, "the expired license to stop counting");
+    cloud.run(&[
+        "license", "add", "LIC-3", "--device", DEVICE, "--seats", "10",
+    ]);
+    cap_becomes(&d, 12, "LIC-3 to count");
+    cloud.run(&["device", "replace", DEVICE, "ESG-NEW"]);
+    cap_becomes(&d, 2, "the replaced gateway to lose its licenses");
+    assert!(cloud.path("devices/ESG-NEW.pem").is_file());
+}
+
+#[test]
+fn cloud_down_keeps_the_cap_a_restart_serves_the_cache_and_sync_recovers() {
+    let gw0 = signer();
+    let mut cloud = DevCloud::new(&gw0, 3600);
+    cloud.run(&[
+        "license", "add", "LIC-1", "--device", DEVICE, "--seats", "20",
+    ]);
+    cloud.start();
+    let gw = cloud_gateway(&cloud, &Identity::of(&cloud, DEVICE));
+    let d = gw.start();
+    cap_becomes(&d, 22, "the first sync");
+
+    cloud.stop();
+    let s = failed_with(&d, FailureKind::Transient, "cannot reach the cloud");
+    assert_eq!(s.cap_total, 22, "an unreachable cloud changes nothing");
+    let alarm = s.cloud.unwrap().alarm.unwrap();
+    assert_eq!(alarm.severity, Severity::Warning);
+    assert!(
+        alarm.message.contains("licensed seats hold until"),
+        "{alarm:?}"
+    );
+
+    // Restart with the cloud still down: the stored bundle is loaded before
+    // the network is tried.
+    d.signal(Signal::SIGTERM);
+    let (status, _) = d.wait_exit(SOON);
+    assert!(status.success());
+    let d = gw.start();
+    assert_eq!(d.status().cap_total, 22, "cached cap right after start");
+    failed_with(&d, FailureKind::Transient, "cannot reach the cloud");
+    let text = String::from_utf8(gw.cli(&["status"]).stdout).unwrap();
+    assert!(text.contains("LAST ATTEMPT FAILED (transient"), "{text}");
+    assert!(text.contains("** WARNING: no sync since"), "{text}");
+
+    // A license added while the gateway could not see the cloud arrives
+    // when the cloud is back (backoff capped at 600 ms).
+    cloud.run(&[
+        "license", "add", "LIC-2", "--device", DEVICE, "--seats", "10",
+    ]);
+    cloud.start();
+    cap_becomes(&d, 32, "the recovered sync");
+    let s = synced(&d);
+    assert!(s.cloud.unwrap().alarm.is_none());
+}
+
+#[test]
+fn tampered_foreign_and_replayed_bundles_are_rejected_and_the_cap_holds() {
+    let gw0 = signer();
+    let mut cloud = DevCloud::new(&gw0, 3600);
+    cloud.run(&[
+        "license", "add", "LIC-1", "--device", DEVICE, "--seats", "20",
+    ]);
+    cloud.start();
+    let gw = cloud_gateway(&cloud, &Identity::of(&cloud, DEVICE));
+    let d = gw.start();
+    cap_becomes(&d, 22, "the first sync");
+    let stored = || {
+        let text = std::fs::read_to_string(gw.path("state/bundle.json")).unwrap();
+        let signed = SignedBundle::parse(&text).unwrap();
+        signed.verify(&[gw.key.verifying_key()]).unwrap().generation
+    };
+    let generation = wait_for("the bundle to be stored", SOON, || {
+        std::fs::read_to_string(gw.path("state/bundle.json"))
+            .is_ok()
+            .then(stored)
+    });
+
+    let faults = [
+        ("tamper", "signature does not verify"),
+        ("foreign", "for device ESG-FOREIGN, not this gateway"),
+        ("older", "older than the accepted generation"),
+    ];
+    for (fault, why) in faults {
+        cloud.run(&["fault", DEVICE, fault]);
+        let s = failed_with(&d, FailureKind::Rejected, why);
+        assert_eq!(s.cap_total, 22, "{fault}: the cap must not move");
+        assert_eq!(s.bundle.unwrap().generation, generation, "{fault}");
+        assert_eq!(stored(), generation, "{fault}: the stored bundle stays");
+    }
+    cloud.run(&["fault", DEVICE, "none"]);
+    synced(&d);
+    assert_eq!(d.status().cap_total, 22);
+}
+
+#[test]
+fn wrong_server_ca_or_unknown_client_certificate_means_no_sync_and_a_clear_status() {
+    let gw0 = signer();
+    let mut cloud = DevCloud::new(&gw0, 3600);
+    cloud.run(&["device", "add", "ESG-PEER", "--org", "ORG-T"]);
+    cloud.run(&[
+        "license", "add", "LIC-1", "--device", DEVICE, "--seats", "20",
+    ]);
+    cloud.start();
+    // Another cloud: its CA and a device certificate it issued.
+    let other = DevCloud::new(&gw0, 3600);
+    let good = Identity::of(&cloud, DEVICE);
+    let foreign = Identity::of(&other, DEVICE);
+
+    let cases = [
+        (
+            "server certificate from another CA",
+            Identity {
+                ca: foreign.ca.clone(),
+                ..Identity::of(&cloud, DEVICE)
+            },
+            FailureKind::UntrustedServer,
+            "does not verify against [cloud] ca_file",
+            "untrusted server",
+        ),
+        (
+            "client certificate the cloud did not issue",
+            Identity {
+                ca: good.ca.clone(),
+                ..Identity::of(&other, DEVICE)
+            },
+            FailureKind::Unauthorized,
+            "client certificate was not accepted",
+            "unauthorized",
+        ),
+        (
+            "client certificate of another device",
+            Identity::of(&cloud, "ESG-PEER"),
+            FailureKind::Unauthorized,
+            "HTTP 403: the certificate is for ESG-PEER",
+            "unauthorized",
+        ),
+    ];
+    let daemons: Vec<_> = cases
+        .into_iter()
+        .map(|(name, id, kind, why, label)| {
+            let gw = cloud_gateway(&cloud, &id);
+            let d = gw.start();
+            (name, gw, d, kind, why, label)
+        })
+        .collect();
+    for (name, gw, d, kind, why, label) in &daemons {
+        let s = failed_with(d, *kind, why);
+        assert_eq!(s.cap_total, 2, "{name}: nothing synced");
+        let c = s.cloud.unwrap();
+        assert!(c.last_success.is_none(), "{name}");
+        assert_eq!(c.alarm.unwrap().severity, Severity::Error, "{name}");
+        let text = String::from_utf8(gw.cli(&["status"]).stdout).unwrap();
+        assert!(
+            text.contains(&format!("LAST ATTEMPT FAILED ({label}")),
+            "{name}: {text}"
+        );
+    }
+}
+
+#[test]
+fn bundle_past_not_after_without_the_cloud_gives_builtin_seats_then_recovers() {
+    let gw0 = signer();
+    let mut cloud = DevCloud::new(&gw0, 3);
+    cloud.run(&[
+        "license", "add", "LIC-1", "--device", DEVICE, "--seats", "20",
+    ]);
+    cloud.start();
+    let gw = cloud_gateway(&cloud, &Identity::of(&cloud, DEVICE));
+    let d = gw.start();
+    cap_becomes(&d, 22, "the first sync");
+
+    cloud.stop();
+    let s = cap_becomes(&d, 2, "the bundle to run out");
+    assert!(s.bundle.unwrap().ran_out);
+    let s = wait_for("the ran-out alarm", SOON, || {
+        let s = d.status();
+        s.cloud
+            .as_ref()
+            .and_then(|c| c.alarm.as_ref())
+            .is_some_and(|a| a.severity == Severity::Error)
+            .then_some(s)
+    });
+    assert!(s.cloud.unwrap().alarm.unwrap().message.contains("RAN OUT"));
+    let text = String::from_utf8(gw.cli(&["status"]).stdout).unwrap();
+    assert!(text.contains("** ERROR: the bundle RAN OUT"), "{text}");
+
+    cloud.start();
+    cap_becomes(&d, 22, "a fresh bundle after the cloud is back");
+    assert!(synced(&d).cloud.unwrap().alarm.is_none());
+}
+
+#[test]
+fn sighup_picks_up_a_corrected_cloud_section_and_syncs_at_once() {
+    let gw0 = signer();
+    let mut cloud = DevCloud::new(&gw0, 3600);
+    cloud.run(&[
+        "license", "add", "LIC-1", "--device", DEVICE, "--seats", "20",
+    ]);
+    cloud.start();
+    let other = DevCloud::new(&gw0, 3600);
+    let wrong = Identity {
+        ca: other.path("ca.pem"),
+        ..Identity::of(&cloud, DEVICE)
+    };
+    let gw = cloud_gateway(&cloud, &wrong);
+    let d = gw.start();
+    failed_with(&d, FailureKind::UntrustedServer, "ca_file");
+    // Fix the config in place; the slow retry (600 ms) is not what fixes it.
+    let fixed = cloud_gateway(&cloud, &Identity::of(&cloud, DEVICE));
+    std::fs::copy(fixed.config_path(), gw.config_path()).unwrap();
+    let text = std::fs::read_to_string(gw.config_path()).unwrap();
+    std::fs::write(
+        gw.config_path(),
+        text.replace("max_backoff_ms = 600", "max_backoff_ms = 60000"),
+    )
+    .unwrap();
+    d.signal(Signal::SIGHUP);
+    cap_becomes(&d, 22, "the sync after SIGHUP");
+    synced(&d);
+}
