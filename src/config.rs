@@ -273,10 +273,10 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<Problem>> {
         ));
     }
     let log_level = raw.log_level.unwrap_or_else(|| "info".into());
-    let is_level = ["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str());
-    let is_directive =
-        log_level.contains('=') && tracing_subscriber::EnvFilter::try_new(&log_level).is_ok();
-    if !is_level && !is_directive {
+    if log_level
+        .parse::<tracing_subscriber::filter::LevelFilter>()
+        .is_err()
+    {
         problems.push(problem(
             "log_level",
             format!("{log_level:?} is not a level; use error, warn, info, debug or trace"),

@@ -1,17 +1,21 @@
 //! Log output that reads well in the journal: one line per event, no ANSI
 //! colours unless stderr is a terminal, no timestamps under journald (it
-//! adds its own). RUST_LOG overrides the configured level.
+//! adds its own). RUST_LOG (a level: error, warn, info, debug, trace, off) overrides the configured level.
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
 
 pub fn init(level: &str) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    // A plain level, not per-module directives: the directive parser
+    // would bring a regex engine onto the gateway's flash.
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<LevelFilter>().ok())
+        .or_else(|| level.parse().ok())
+        .unwrap_or(LevelFilter::INFO);
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
