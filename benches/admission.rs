@@ -89,13 +89,19 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` asks for a listing: nothing to list.
     }
+    // The session journal lives in /run on a gateway, a tmpfs; here /run is
+    // on disk, so the benchmark's gateway lives on /dev/shm.
+    if std::path::Path::new("/dev/shm").is_dir() {
+        std::env::set_var("TMPDIR", "/dev/shm");
+    }
     let gw = Gateway::new(20_000);
     let d = gw.start();
     let server = FakeServer::start();
     let idle = rss_kib(d.child.id());
     println!(
-        "seatgate admission benchmark ({} round trips per figure, daemon log level warn)",
-        ROUND_TRIPS
+        "seatgate admission benchmark ({} round trips per figure, daemon log level warn, state in {})",
+        ROUND_TRIPS,
+        gw.dir.path().display()
     );
 
     let admit_release = churn(&server, "bench", ROUND_TRIPS);
