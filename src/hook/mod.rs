@@ -172,6 +172,38 @@ pub fn run(
     }
 }
 
+/// Whether a hook call is a connect or a disconnect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Connect,
+    Disconnect,
+}
+
+impl Phase {
+    /// The action for this phase of the session `req` describes.
+    fn action(self, req: AdmitRequest) -> Action {
+        match self {
+            Phase::Connect => Action::Connect(req),
+            Phase::Disconnect => Action::Disconnect { key: req.key },
+        }
+    }
+}
+
+/// Reads the phase from the variable the server names it in; `names` are
+/// its connect and disconnect values, `hooks` the settings to use.
+fn phase(
+    env: &HashMap<String, String>,
+    var: &str,
+    names: [&str; 2],
+    hooks: &str,
+) -> Result<Phase, String> {
+    match need(env, var)? {
+        v if v == names[0] => Ok(Phase::Connect),
+        v if v == names[1] => Ok(Phase::Disconnect),
+        other => Err(format!("{var}={other:?}: set this hook as {hooks} only")),
+    }
+}
+
 /// Reads a required variable from a hook environment.
 fn need<'a>(env: &'a HashMap<String, String>, name: &str) -> Result<&'a str, String> {
     env.get(name)
@@ -185,8 +217,16 @@ fn get<'a>(env: &'a HashMap<String, String>, name: &str) -> &'a str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A hook environment as saved from a real server (`env > file`).
+    pub(crate) fn sample(text: &str) -> HashMap<String, String> {
+        text.lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
 
     #[test]
     fn settings_resolution() {

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use super::{get, need, Action};
+use super::{get, need, phase, Action};
 use crate::admission::protocol::{AdmitRequest, ServerKind, ServerRef};
 
 pub fn action(env: &HashMap<String, String>) -> Result<Action, String> {
@@ -14,33 +14,27 @@ pub fn action(env: &HashMap<String, String>) -> Result<Action, String> {
         .parse()
         .map_err(|_| format!("ID={id:?} is not a worker process id"))?;
     let key = format!("ocserv:{pid}:{}", get(env, "USERNAME"));
-    match need(env, "REASON")? {
-        "connect" => Ok(Action::Connect(AdmitRequest {
-            key,
-            user: get(env, "USERNAME").to_string(),
-            server: ServerRef {
-                kind: ServerKind::Ocserv,
-                pid,
-            },
-            remote: get(env, "IP_REAL").to_string(),
-        })),
-        "disconnect" => Ok(Action::Disconnect { key }),
-        other => Err(format!(
-            "REASON={other:?}: set this hook as connect-script and disconnect-script only"
-        )),
-    }
+    let phase = phase(
+        env,
+        "REASON",
+        ["connect", "disconnect"],
+        "connect-script and disconnect-script",
+    )?;
+    Ok(phase.action(AdmitRequest {
+        key,
+        user: get(env, "USERNAME").to_string(),
+        server: ServerRef {
+            kind: ServerKind::Ocserv,
+            pid,
+        },
+        remote: get(env, "IP_REAL").to_string(),
+    }))
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::sample;
     use super::*;
-
-    fn sample(text: &str) -> HashMap<String, String> {
-        text.lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
 
     #[test]
     fn real_ocserv_environment() {

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use super::{get, need, Action};
+use super::{get, need, phase, Action};
 use crate::admission::protocol::{AdmitRequest, ServerKind, ServerRef};
 
 pub fn action(env: &HashMap<String, String>) -> Result<Action, String> {
@@ -28,33 +28,27 @@ pub fn action(env: &HashMap<String, String>) -> Result<Action, String> {
         need(env, "time_unix")?,
         get(env, "ifconfig_pool_remote_ip")
     );
-    match need(env, "script_type")? {
-        "client-connect" => Ok(Action::Connect(AdmitRequest {
-            key,
-            user: user.to_string(),
-            server: ServerRef {
-                kind: ServerKind::Openvpn,
-                pid,
-            },
-            remote: get(env, "trusted_ip").to_string(),
-        })),
-        "client-disconnect" => Ok(Action::Disconnect { key }),
-        other => Err(format!(
-            "script_type={other:?}: set this hook as client-connect and client-disconnect only"
-        )),
-    }
+    let phase = phase(
+        env,
+        "script_type",
+        ["client-connect", "client-disconnect"],
+        "client-connect and client-disconnect",
+    )?;
+    Ok(phase.action(AdmitRequest {
+        key,
+        user: user.to_string(),
+        server: ServerRef {
+            kind: ServerKind::Openvpn,
+            pid,
+        },
+        remote: get(env, "trusted_ip").to_string(),
+    }))
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::sample;
     use super::*;
-
-    fn sample(text: &str) -> HashMap<String, String> {
-        text.lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
 
     fn key(a: &Action) -> &str {
         match a {
