@@ -105,7 +105,7 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
         reloaded.clone(),
         {
             let (ctx, config) = (ctx.clone(), config.clone());
-            move || persist_licenses(&ctx, &config)
+            move || persist_in_background(&ctx, &config)
         },
         cancel.clone(),
     ));
@@ -238,8 +238,15 @@ async fn ticker(ctx: Arc<Ctx>, config: Arc<Mutex<Config>>, cancel: CancellationT
                 );
             }
         }
-        persist_licenses(&ctx, &config);
+        persist_in_background(&ctx, &config);
     }
+}
+
+/// `persist_licenses` off the runtime thread: the runtime is single-threaded
+/// and an fsync on a gateway's flash must not hold up admissions.
+fn persist_in_background(ctx: &Arc<Ctx>, config: &Arc<Mutex<Config>>) {
+    let (ctx, config) = (ctx.clone(), config.clone());
+    tokio::task::spawn_blocking(move || persist_licenses(&ctx, &config));
 }
 
 /// Writes the clock's high-water mark (and a new bundle) to the state
@@ -290,6 +297,9 @@ async fn reloader(
         .is_some()
     {
         sys::notify("RELOADING=1");
+        // Reload reads the state directory: first make sure it holds what
+        // is in force (a bundle the cloud just sent may not be written yet).
+        persist_licenses(&ctx, &config);
         reload(&path, &config, &ctx);
         reloaded.notify_one();
         sys::notify("READY=1");
