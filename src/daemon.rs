@@ -222,17 +222,25 @@ async fn ticker(ctx: Arc<Ctx>, config: Arc<Mutex<Config>>, cancel: CancellationT
         {
             return;
         }
-        let status = ctx.seats().status(Utc::now());
-        if status.cap_total != last_cap {
+        let (usage, ran_out) = {
+            let seats = ctx.seats();
+            let usage = seats.usage(Utc::now());
+            let ran_out = seats
+                .licenses()
+                .bundle()
+                .is_some_and(|b| usage.now >= b.not_after);
+            (usage, ran_out)
+        };
+        if usage.cap != last_cap {
             tracing::warn!(
                 from = last_cap,
-                to = status.cap_total,
-                in_use = status.in_use,
-                over_cap_by = status.over_cap_by,
+                to = usage.cap,
+                in_use = usage.in_use,
+                over_cap_by = usage.in_use.saturating_sub(usage.cap),
                 "the seat cap changed"
             );
-            last_cap = status.cap_total;
-            if status.bundle.as_ref().is_some_and(|b| b.ran_out) {
+            last_cap = usage.cap;
+            if ran_out {
                 tracing::error!(
                     "the license bundle ran out: built-in seats only until a fresh bundle arrives (check the cloud sync in `seatgate status`)"
                 );

@@ -14,6 +14,18 @@ use crate::licensing::Licenses;
 use crate::reconcile::Listing;
 use crate::status::Status;
 
+/// Seat counters at an instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub now: DateTime<Utc>,
+    pub cap: u32,
+    pub in_use: u32,
+    pub peak: u32,
+    pub peak_at: Option<DateTime<Utc>>,
+    pub denials: u64,
+    pub generation: Option<u64>,
+}
+
 pub struct Seats {
     pub device: String,
     table: Table,
@@ -213,6 +225,20 @@ impl Seats {
             self.cloud.as_ref(),
             self.licenses.now(system),
         )
+    }
+
+    /// The counters alone, for reports that do not list sessions.
+    pub fn usage(&self, system: DateTime<Utc>) -> Usage {
+        let now = self.licenses.now(system);
+        Usage {
+            now,
+            cap: self.licenses.entitlement.cap_at(now).total(),
+            in_use: self.table.in_use(),
+            peak: self.table.peak,
+            peak_at: self.table.peak_at,
+            denials: self.table.denials,
+            generation: self.licenses.bundle().map(|b| b.generation),
+        }
     }
 
     /// Folds the journal into a snapshot (clean shutdown).

@@ -207,20 +207,20 @@ fn say_what_it_means(ctx: &Ctx, record: &SyncRecord, now: chrono::DateTime<Utc>)
 }
 
 async fn report_usage(http: &CloudClient, ctx: &Ctx, record: &mut SyncRecord) {
-    let report = {
+    let (device, usage) = {
         let seats = ctx.seats();
-        let status = seats.status(Utc::now());
-        UsageReport {
-            format: USAGE_FORMAT,
-            device: status.device,
-            at: status.now,
-            cap: status.cap_total,
-            in_use: status.in_use,
-            peak: status.peak,
-            peak_at: status.peak_at,
-            denials: status.denials,
-            generation: status.bundle.map(|b| b.generation),
-        }
+        (seats.device.clone(), seats.usage(Utc::now()))
+    };
+    let report = UsageReport {
+        format: USAGE_FORMAT,
+        device,
+        at: usage.now,
+        cap: usage.cap,
+        in_use: usage.in_use,
+        peak: usage.peak,
+        peak_at: usage.peak_at,
+        denials: usage.denials,
+        generation: usage.generation,
     };
     match http.report_usage(&report).await {
         Ok(()) => record.last_report = Some(Utc::now()),
