@@ -128,6 +128,13 @@ impl Seats {
             Decision::Admitted { again } => {
                 if !again {
                     tracing::info!(key = %req.key, user = %req.user, remote = %req.remote, in_use, cap, "seat admitted");
+                    if in_use == near_cap(cap) {
+                        tracing::warn!(
+                            in_use,
+                            cap,
+                            "seats nearly exhausted: {in_use} of {cap} in use"
+                        );
+                    }
                 }
                 AdmitResponse {
                     ok: true,
@@ -245,6 +252,11 @@ impl Seats {
     pub fn flush(&mut self) -> std::io::Result<()> {
         self.journal.compact(&self.table)
     }
+}
+
+/// The usage at which operators are warned: 90 % of the cap, rounded up.
+fn near_cap(cap: u32) -> u32 {
+    cap - cap / 10
 }
 
 fn deny_message(reason: DenyReason, cap: u32, in_use: u32) -> String {
