@@ -251,6 +251,22 @@ pub fn encode_request(request: &Request) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever a peer sends, decoding answers; it never panics.
+        #[test]
+        fn decode_never_panics(line in prop::collection::vec(any::<u8>(), 0..300)) {
+            let _ = decode(&line);
+        }
+
+        /// JSON-shaped noise around the real fields, too.
+        #[test]
+        fn decode_never_panics_on_json(op in "[a-z_]{0,8}", v in any::<i64>(), key in ".{0,40}", pid in any::<i64>()) {
+            let line = format!(r#"{{"v":{v},"op":"{op}","key":{key:?},"server":{{"kind":"openvpn","pid":{pid}}}}}"#);
+            let _ = decode(line.as_bytes());
+        }
+    }
 
     fn code(line: &[u8]) -> ErrorCode {
         match decode(line) {
