@@ -255,6 +255,43 @@ mod tests {
     use crate::license::model::tests::t;
 
     #[test]
+    fn pool_lines_show_slice_usage_lease_and_members() {
+        let now = t("2026-06-01T00:00:00Z");
+        let pool = PoolStatus {
+            id: "POOL-LIC-1".into(),
+            license: "LIC-1".into(),
+            seats: 150,
+            leased: true,
+            slice: 60,
+            in_use: 37,
+            lease_expires: Some(t("2026-06-01T00:05:00Z")),
+            lease_valid: true,
+            others: vec!["ESG-B2".into(), "ESG-C3".into()],
+        };
+        assert_eq!(
+            render_pool(&pool, now),
+            "pool POOL-LIC-1 (150 seats, license LIC-1): slice 60, in use here 37; lease until 2026-06-01 00:05:00 (in 5m 0s); other members: ESG-B2, ESG-C3\n"
+        );
+        let expired = PoolStatus {
+            slice: 0,
+            lease_valid: false,
+            lease_expires: Some(t("2026-05-31T23:59:00Z")),
+            ..pool.clone()
+        };
+        assert!(render_pool(&expired, now)
+            .contains("LEASE EXPIRED at 2026-05-31 23:59:00 (1m 0s ago): no new pool sessions"));
+        let none = PoolStatus {
+            lease_expires: None,
+            lease_valid: false,
+            others: vec![],
+            ..pool
+        };
+        assert!(
+            render_pool(&none, now).ends_with("no lease yet: no pool sessions; other members: -\n")
+        );
+    }
+
+    #[test]
     fn cloud_lines_say_what_failed_and_what_it_means() {
         let timing = Timing {
             poll: std::time::Duration::from_secs(900),
