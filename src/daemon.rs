@@ -109,6 +109,11 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
         },
         cancel.clone(),
     ));
+    tracker.spawn(cloud::pools::run(
+        ctx.clone(),
+        config.clone(),
+        cancel.clone(),
+    ));
     if let Some(every) = sys::watchdog_interval() {
         tracker.spawn(watchdog(every, cancel.clone()));
     }

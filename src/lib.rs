@@ -3,11 +3,13 @@
 //! Map of the modules (pure logic first, I/O at the edges):
 //! - `license/`: the license engine. `model` (records and their rules),
 //!   `lifecycle` (status at an instant), `cap` (seat cap and timeline),
-//!   `bundle` (Ed25519-signed bundles and their acceptance). Pure.
+//!   `bundle` (Ed25519-signed bundles and their acceptance), `lease`
+//!   (signed slice leases of shared pools, the book of leases in force). Pure.
 //! - `clock`: the engine's never-backwards now. Pure.
 //! - `cloud/`: cloud sync. `wire` (the contract as data), `policy` (next
 //!   attempt, back-off, jitter, cloud status: pure), `client` (HTTPS, mTLS),
-//!   `sync` (the loop feeding bundles to the seat authority).
+//!   `sync` (the loop feeding bundles to the seat authority), `pools` (slice
+//!   leases of shared pools: report usage, renew, docs/pools.md).
 //! - `config`: TOML parsed and validated into typed values.
 //! - `licensing`: the engine meets the disk (stored bundle, bundle file, clock).
 //! - `report`: the license report (pure) behind `seatgate licenses`.

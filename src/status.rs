@@ -1,6 +1,8 @@
 //! The daemon's status: built from the session table, the licenses and an
 //! instant (pure), sent as JSON over the socket, rendered as text for people.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -34,7 +36,52 @@ pub struct Status {
     /// Cloud sync; absent when the config has no `[cloud]` section.
     #[serde(default)]
     pub cloud: Option<CloudStatus>,
+    /// Shared pools this gateway draws from (docs/pools.md).
+    #[serde(default)]
+    pub pools: Vec<PoolStatus>,
     pub sessions: Vec<SessionInfo>,
+}
+
+/// One shared pool as this gateway sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    pub id: String,
+    /// The license (bound or replica) that makes this gateway a member.
+    pub license: String,
+    /// The pool's seats, for all members together.
+    pub seats: u32,
+    /// Leased slices (false: a static `share`).
+    pub leased: bool,
+    /// The seats of the pool this gateway may use now.
+    pub slice: u32,
+    /// Pool sessions here (sessions beyond built-in + bound-license seats).
+    pub in_use: u32,
+    /// When the slice lease runs out (or ran out), on this gateway's clock.
+    pub lease_expires: Option<DateTime<Utc>>,
+    pub lease_valid: bool,
+    /// The other gateways drawing from the pool.
+    pub others: Vec<String>,
+}
+
+fn render_pool(p: &PoolStatus, now: DateTime<Utc>) -> String {
+    let lease = if !p.leased {
+        "static share".to_string()
+    } else {
+        match (p.lease_expires, p.lease_valid) {
+            (Some(t), true) => format!("lease until {}", when(t, now)),
+            (Some(t), false) => format!("LEASE EXPIRED at {}: no new pool sessions", when(t, now)),
+            (None, _) => "no lease yet: no pool sessions".to_string(),
+        }
+    };
+    let others = if p.others.is_empty() {
+        "-".to_string()
+    } else {
+        p.others.join(", ")
+    };
+    format!(
+        "pool {} ({} seats, license {}): slice {}, in use here {}; {lease}; other members: {others}\n",
+        p.id, p.seats, p.license, p.slice, p.in_use
+    )
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,8 +143,10 @@ impl Status {
         lic: &Licenses,
         cloud: Option<&SyncRecord>,
         now: DateTime<Utc>,
+        slices: &BTreeMap<String, u32>,
+        pools: Vec<PoolStatus>,
     ) -> Status {
-        let cap = lic.entitlement.cap_at(now);
+        let cap = lic.entitlement.cap_with(now, slices);
         let total = cap.total();
         let in_use = table.in_use();
         let timeline = lic.entitlement.timeline(now);
@@ -130,6 +179,7 @@ impl Status {
             bundle: BundleInfo::of(lic, now),
             warnings: lic.warnings.clone(),
             cloud: cloud.map(|r| CloudStatus::build(r, lic.bundle().map(|b| b.not_after), now)),
+            pools,
             sessions,
         }
     }
@@ -168,6 +218,9 @@ impl Status {
             "peak: {}{peak_at}; denials: {}\n",
             self.peak, self.denials
         ));
+        for p in &self.pools {
+            out.push_str(&render_pool(p, self.now));
+        }
         if let Some(c) = &self.cloud {
             out.push_str(&render_cloud(c, self.now));
         }
@@ -200,6 +253,43 @@ mod tests {
     use super::*;
     use crate::cloud::policy::{FailureKind, Outcome, Timing};
     use crate::license::model::tests::t;
+
+    #[test]
+    fn pool_lines_show_slice_usage_lease_and_members() {
+        let now = t("2026-06-01T00:00:00Z");
+        let pool = PoolStatus {
+            id: "POOL-LIC-1".into(),
+            license: "LIC-1".into(),
+            seats: 150,
+            leased: true,
+            slice: 60,
+            in_use: 37,
+            lease_expires: Some(t("2026-06-01T00:05:00Z")),
+            lease_valid: true,
+            others: vec!["ESG-B2".into(), "ESG-C3".into()],
+        };
+        assert_eq!(
+            render_pool(&pool, now),
+            "pool POOL-LIC-1 (150 seats, license LIC-1): slice 60, in use here 37; lease until 2026-06-01 00:05:00 (in 5m 0s); other members: ESG-B2, ESG-C3\n"
+        );
+        let expired = PoolStatus {
+            slice: 0,
+            lease_valid: false,
+            lease_expires: Some(t("2026-05-31T23:59:00Z")),
+            ..pool.clone()
+        };
+        assert!(render_pool(&expired, now)
+            .contains("LEASE EXPIRED at 2026-05-31 23:59:00 (1m 0s ago): no new pool sessions"));
+        let none = PoolStatus {
+            lease_expires: None,
+            lease_valid: false,
+            others: vec![],
+            ..pool
+        };
+        assert!(
+            render_pool(&none, now).ends_with("no lease yet: no pool sessions; other members: -\n")
+        );
+    }
 
     #[test]
     fn cloud_lines_say_what_failed_and_what_it_means() {

@@ -2,17 +2,22 @@
 //! force, kept together behind one lock so every decision sees one cap and
 //! one count. Synchronous and short: never held across an await.
 
+use std::time::Instant;
+
 use chrono::{DateTime, Utc};
 
 use super::journal::Journal;
 use super::protocol::{AdmitRequest, AdmitResponse, DenyReason, ReleaseResponse};
 use super::table::{Decision, ServerId, Session, Table};
 use crate::cloud::policy::SyncRecord;
+use crate::cloud::wire::{PoolReport, POOL_HEADROOM};
 use crate::config::Config;
+use crate::license::bundle::SignedBundle as Signed;
 use crate::license::bundle::{BundleError, SignedBundle};
+use crate::license::lease::{pool_usage, LeaseBook, LeaseError};
 use crate::licensing::Licenses;
 use crate::reconcile::Listing;
-use crate::status::Status;
+use crate::status::{PoolStatus, Status};
 
 /// Seat counters at an instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +38,10 @@ pub struct Seats {
     licenses: Licenses,
     /// The cloud sync's record, for status (None without `[cloud]`).
     cloud: Option<SyncRecord>,
+    /// Slice leases of shared pools (docs/pools.md).
+    leases: LeaseBook,
+    /// `table.denials` when the last pool report was delivered.
+    denials_reported: u64,
 }
 
 impl Seats {
@@ -43,6 +52,8 @@ impl Seats {
             journal,
             licenses,
             cloud: None,
+            leases: LeaseBook::default(),
+            denials_reported: 0,
         }
     }
 
@@ -85,10 +96,173 @@ impl Seats {
     }
 
     pub fn cap(&self, system: DateTime<Utc>) -> u32 {
+        self.cap_parts(system, Instant::now()).total()
+    }
+
+    fn cap_parts(&self, system: DateTime<Utc>, mono: Instant) -> crate::license::Cap {
         self.licenses
             .entitlement
-            .cap_at(self.licenses.now(system))
-            .total()
+            .cap_with(self.licenses.now(system), &self.leases.slices(mono))
+    }
+
+    /// The pools to report, in report order: leased pools of the licenses in
+    /// force (by id), then pools this gateway left but has not reported
+    /// drained. With each: its slice at `mono` (0 without a valid lease).
+    fn report_pools(&self, system: DateTime<Utc>, mono: Instant) -> Vec<(String, u32, bool)> {
+        let now = self.licenses.now(system);
+        let mut pools: Vec<(String, u32, bool)> = self
+            .licenses
+            .entitlement
+            .leased_pools(now)
+            .into_iter()
+            .map(|p| {
+                (
+                    p.id.clone(),
+                    self.leases.slice(&p.id, mono).unwrap_or(0),
+                    true,
+                )
+            })
+            .collect();
+        let left: Vec<String> = self
+            .leases
+            .pools()
+            .filter(|id| !pools.iter().any(|(p, _, _)| p == id))
+            .map(str::to_string)
+            .collect();
+        pools.extend(left.into_iter().map(|id| (id, 0, false)));
+        pools
+    }
+
+    /// This gateway's pool usage and demand, for the cloud (docs/pools.md).
+    pub fn pool_reports(&self, system: DateTime<Utc>, mono: Instant) -> Vec<PoolReport> {
+        let pools = self.report_pools(system, mono);
+        let cap = self.cap_parts(system, mono);
+        let beyond = self
+            .table
+            .in_use()
+            .saturating_sub(cap.builtin.saturating_add(cap.licensed));
+        let slices: Vec<(&str, u32)> = pools.iter().map(|(p, s, _)| (p.as_str(), *s)).collect();
+        let usage = pool_usage(beyond, &slices);
+        let denied = u32::try_from(self.table.denials.saturating_sub(self.denials_reported))
+            .unwrap_or(u32::MAX);
+        pools
+            .iter()
+            .zip(usage)
+            .map(|((pool, _, member), in_use)| PoolReport {
+                pool: pool.clone(),
+                in_use,
+                wanted: if *member {
+                    in_use.saturating_add(POOL_HEADROOM).saturating_add(denied)
+                } else {
+                    0
+                },
+                // A pool left is no longer used here, whatever its lease says.
+                held_epoch: self.leases.held_epoch(pool, mono).filter(|_| *member),
+            })
+            .collect()
+    }
+
+    /// Takes the cloud's answer to `reports` (sent at `sent`): accepts each
+    /// lease the rules allow, forgets left pools reported drained. Returns
+    /// the refused leases' errors.
+    pub fn take_leases(
+        &mut self,
+        config: &Config,
+        reports: &[PoolReport],
+        leases: &[Signed],
+        sent: Instant,
+    ) -> Vec<LeaseError> {
+        let now = self.licenses.now(Utc::now());
+        let pools: Vec<String> = self
+            .licenses
+            .entitlement
+            .leased_pools(now)
+            .into_iter()
+            .map(|p| p.id.clone())
+            .collect();
+        let allowed: Vec<&str> = pools.iter().map(String::as_str).collect();
+        let mut errors = Vec::new();
+        for signed in leases {
+            match self
+                .leases
+                .accept(signed, &config.trusted_keys, &self.device, &allowed, sent)
+            {
+                Ok(held) => {
+                    tracing::debug!(pool = %held.lease.pool, seats = held.lease.seats, epoch = held.lease.epoch, "slice lease accepted")
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        for r in reports {
+            if r.in_use == 0 && !pools.contains(&r.pool) {
+                tracing::info!(pool = %r.pool, "left pool reported drained; forgotten");
+                self.leases.forget(&r.pool);
+            }
+        }
+        self.denials_reported = self.table.denials;
+        errors
+    }
+
+    /// The lease held for `pool`, valid or not.
+    pub fn lease(&self, pool: &str) -> Option<&crate::license::lease::Held> {
+        self.leases.get(pool)
+    }
+
+    /// When the slice leases want renewing (None: no valid lease).
+    pub fn lease_renew_at(&self, mono: Instant) -> Option<Instant> {
+        self.leases.renew_at(mono)
+    }
+
+    /// What status shows of each pool.
+    fn pool_status(&self, system: DateTime<Utc>, mono: Instant) -> Vec<PoolStatus> {
+        let now = self.licenses.now(system);
+        let reports = self.pool_reports(system, mono);
+        let usage = |id: &str| {
+            reports
+                .iter()
+                .find(|r| r.pool == id)
+                .map_or(0, |r| r.in_use)
+        };
+        let expiry = |id: &str| {
+            self.leases.get(id).map(|h| {
+                let left = h.expires.saturating_duration_since(mono);
+                let wall = system + chrono::Duration::from_std(left).unwrap_or_default();
+                (wall, h.expires > mono)
+            })
+        };
+        let mut out: Vec<PoolStatus> = Vec::new();
+        for lic in &self.licenses.entitlement.licenses {
+            let Some(p) = &lic.pool else { continue };
+            let leased = p.static_share().is_none();
+            let (lease_expires, valid) = expiry(&p.id).map_or((None, false), |(w, v)| (Some(w), v));
+            out.push(PoolStatus {
+                id: p.id.clone(),
+                license: lic.id.clone(),
+                seats: p.seats,
+                leased,
+                slice: if !lic.counts_at(now) {
+                    0
+                } else if leased {
+                    if valid {
+                        self.leases.slice(&p.id, mono).unwrap_or(0)
+                    } else {
+                        0
+                    }
+                } else {
+                    p.static_share().unwrap_or(0)
+                },
+                in_use: usage(&p.id),
+                lease_expires,
+                lease_valid: valid,
+                others: p
+                    .members
+                    .iter()
+                    .filter(|m| **m != self.device)
+                    .cloned()
+                    .collect(),
+            });
+        }
+        out
     }
 
     pub fn admit(
@@ -225,12 +399,15 @@ impl Seats {
     }
 
     pub fn status(&self, system: DateTime<Utc>) -> Status {
+        let mono = Instant::now();
         Status::build(
             &self.device,
             &self.table,
             &self.licenses,
             self.cloud.as_ref(),
             self.licenses.now(system),
+            &self.leases.slices(mono),
+            self.pool_status(system, mono),
         )
     }
 

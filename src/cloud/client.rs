@@ -13,8 +13,9 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::policy::FailureKind;
-use super::wire::{self, Answer, UsageReport, MAX_BODY_BYTES};
+use super::wire::{self, Answer, PoolReport, UsageReport, MAX_BODY_BYTES};
 use crate::config::Cloud;
+use crate::license::bundle::SignedBundle;
 
 /// Why the HTTPS client could not be built from the configured files.
 /// Messages name the file, never its contents.
@@ -122,6 +123,7 @@ pub struct CloudClient {
     http: reqwest::Client,
     bundle_url: Url,
     usage_url: Url,
+    pools_url: Url,
 }
 
 impl CloudClient {
@@ -171,6 +173,7 @@ impl CloudClient {
             http,
             bundle_url: join(wire::bundle_path(device))?,
             usage_url: join(wire::usage_path(device))?,
+            pools_url: join(wire::pools_path(device))?,
         })
     }
 
@@ -219,6 +222,36 @@ impl CloudClient {
             return Ok(());
         }
         Err(refusal(status, resp).await)
+    }
+}
+
+impl CloudClient {
+    /// POST this device's pool usage; the answer is the signed slice leases
+    /// (not yet verified).
+    pub async fn post_pools(
+        &self,
+        reports: &[PoolReport],
+    ) -> Result<Vec<SignedBundle>, CloudError> {
+        let body = serde_json::to_vec(reports).expect("pool reports always serialise");
+        let resp = self
+            .http
+            .post(self.pools_url.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header(ACCEPT, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(classify)?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            return Err(refusal(status, resp).await);
+        }
+        let body = read_body(resp).await?;
+        serde_json::from_slice(&body).map_err(|e| {
+            CloudError::Unexpected(format!(
+                "the pools answer is not a list of signed leases: {e}"
+            ))
+        })
     }
 }
 

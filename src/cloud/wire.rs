@@ -25,6 +25,32 @@ pub fn usage_path(device: &str) -> String {
     format!("v1/devices/{device}/usage")
 }
 
+/// Path (relative to the configured base URL) of this device's pool slices.
+pub fn pools_path(device: &str) -> String {
+    format!("v1/devices/{device}/pools")
+}
+
+/// Seats asked for beyond a pool's current usage, so a gateway can admit a
+/// few sessions between renewals.
+pub const POOL_HEADROOM: u32 = 4;
+
+/// One pool's usage and demand on this gateway (POST `pools`, a JSON array
+/// of these). The answer is a JSON array of signed slice leases.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolReport {
+    pub pool: String,
+    /// Pool sessions here: sessions beyond the built-in and bound-license seats.
+    pub in_use: u32,
+    /// Seats this gateway would like: in use + headroom + recent denials
+    /// (0 for a pool it left).
+    pub wanted: u32,
+    /// Epoch of the lease still valid here when the report was sent; null
+    /// when none is (expired, never had one, restarted).
+    #[serde(default)]
+    pub held_epoch: Option<u64>,
+}
+
 /// What the gateway tells the portal about its seats (POST, JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

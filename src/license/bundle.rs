@@ -95,7 +95,14 @@ pub fn encode_secret_key(key: &SigningKey) -> String {
 }
 
 pub fn sign(bundle: &Bundle, key: &SigningKey) -> SignedBundle {
-    let bytes = serde_json::to_vec(bundle).expect("a bundle always serialises");
+    sign_bytes(
+        serde_json::to_vec(bundle).expect("a bundle always serialises"),
+        key,
+    )
+}
+
+/// Signs any payload into the envelope (bundles and slice leases share it).
+pub fn sign_bytes(bytes: Vec<u8>, key: &SigningKey) -> SignedBundle {
     SignedBundle {
         signature: B64.encode(key.sign(&bytes).to_bytes()),
         payload: B64.encode(bytes),
@@ -113,6 +120,17 @@ impl SignedBundle {
 
     /// Checks the signature against the trusted keys, then decodes the payload.
     pub fn verify(&self, trusted: &[VerifyingKey]) -> Result<Bundle, BundleError> {
+        let payload = self.verified_payload(trusted)?;
+        let bundle: Bundle =
+            serde_json::from_slice(&payload).map_err(|e| BundleError::Payload(e.to_string()))?;
+        if bundle.format != FORMAT {
+            return Err(BundleError::Format(bundle.format));
+        }
+        Ok(bundle)
+    }
+
+    /// The payload's bytes, once the signature verifies against a trusted key.
+    pub fn verified_payload(&self, trusted: &[VerifyingKey]) -> Result<Vec<u8>, BundleError> {
         let payload = B64
             .decode(&self.payload)
             .map_err(|e| BundleError::Envelope(format!("payload is not base64: {e}")))?;
@@ -124,12 +142,7 @@ impl SignedBundle {
         if !trusted.iter().any(|k| k.verify(&payload, &sig).is_ok()) {
             return Err(BundleError::BadSignature);
         }
-        let bundle: Bundle =
-            serde_json::from_slice(&payload).map_err(|e| BundleError::Payload(e.to_string()))?;
-        if bundle.format != FORMAT {
-            return Err(BundleError::Format(bundle.format));
-        }
-        Ok(bundle)
+        Ok(payload)
     }
 }
 

@@ -1,10 +1,12 @@
 //! The seat cap at an instant and its timeline: every future instant where the
 //! cap changes. Pure: licenses and instants are arguments.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::model::License;
+use super::model::{License, Pool};
 
 /// The parts a cap is made of, so status can show where seats come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -12,7 +14,8 @@ pub struct Cap {
     pub builtin: u32,
     /// Seats of active `spc` licenses bound to this gateway alone.
     pub licensed: u32,
-    /// This gateway's share of shared pools.
+    /// This gateway's part of shared pools: live leased slices, or a static
+    /// pool's stated share.
     pub pooled: u32,
 }
 
@@ -50,7 +53,16 @@ impl Entitlement {
         }
     }
 
+    /// The cap without any live slice: leased pools add nothing. The
+    /// timeline is built on it.
     pub fn cap_at(&self, now: DateTime<Utc>) -> Cap {
+        self.cap_with(now, &BTreeMap::new())
+    }
+
+    /// The cap with the live slices of leased pools (pool id -> seats of a
+    /// valid lease). A slice counts only while its license does, and never
+    /// above the pool.
+    pub fn cap_with(&self, now: DateTime<Utc>, slices: &BTreeMap<String, u32>) -> Cap {
         let mut cap = Cap {
             builtin: self.builtin,
             licensed: 0,
@@ -60,7 +72,12 @@ impl Entitlement {
             return cap;
         }
         for lic in &self.licenses {
-            let seats = lic.seats_at(now);
+            let seats = match &lic.pool {
+                Some(p) if p.static_share().is_none() && lic.counts_at(now) => {
+                    slices.get(&p.id).map_or(0, |s| (*s).min(p.seats))
+                }
+                _ => lic.seats_at(now),
+            };
             let part = if lic.pool.is_some() {
                 &mut cap.pooled
             } else {
@@ -69,6 +86,22 @@ impl Entitlement {
             *part = part.saturating_add(seats);
         }
         cap
+    }
+
+    /// The leased pools (no static share) whose license counts at `now`.
+    pub fn leased_pools(&self, now: DateTime<Utc>) -> Vec<&Pool> {
+        if self.not_after.is_some_and(|end| now >= end) {
+            return Vec::new();
+        }
+        let mut pools: Vec<&Pool> = self
+            .licenses
+            .iter()
+            .filter(|l| l.counts_at(now))
+            .filter_map(|l| l.pool.as_ref())
+            .filter(|p| p.static_share().is_none())
+            .collect();
+        pools.sort_by(|a, b| a.id.cmp(&b.id));
+        pools
     }
 
     /// Every instant after `now` where the total cap changes, with its new
@@ -205,7 +238,7 @@ mod tests {
     }
 
     #[test]
-    fn pool_share_enters_the_pooled_part() {
+    fn pooled_part_is_the_live_slice_or_a_static_share_never_a_split() {
         let shared = License {
             seats: 150,
             binding: Binding::Replica,
@@ -217,20 +250,27 @@ mod tests {
             }),
             ..spc("S1", 150, 365, "2026-01-10T00:00:00Z")
         };
-        let e = Entitlement {
+        let mut e = Entitlement {
             builtin: 2,
             licenses: vec![shared],
-            not_after: None,
+            not_after: Some(t("2026-06-01T00:00:00Z")),
         };
-        let cap = e.cap_at(t("2026-03-01T00:00:00Z"));
-        assert_eq!(
-            cap,
-            Cap {
-                builtin: 2,
-                licensed: 0,
-                pooled: 50
-            }
-        );
+        let at = t("2026-03-01T00:00:00Z");
+        let pooled = |e: &Entitlement, slices: &[(&str, u32)], at| {
+            let map = slices.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+            e.cap_with(at, &map).pooled
+        };
+        assert_eq!(pooled(&e, &[], at), 0, "no lease: nothing");
+        assert_eq!(pooled(&e, &[("P", 60)], at), 60);
+        assert_eq!(pooled(&e, &[("P", 999)], at), 150, "never above the pool");
+        assert_eq!(pooled(&e, &[("Q", 60)], at), 0, "another pool's slice");
+        assert_eq!(e.leased_pools(at).len(), 1);
+        let late = t("2026-06-01T00:00:00Z");
+        assert_eq!(pooled(&e, &[("P", 60)], late), 0, "past not_after");
+        assert!(e.leased_pools(late).is_empty());
+        e.licenses[0].pool.as_mut().unwrap().share = Some(40);
+        assert_eq!(pooled(&e, &[("P", 60)], at), 40, "static share, no lease");
+        assert!(e.leased_pools(at).is_empty());
     }
 
     fn arb_license() -> impl Strategy<Value = License> {

@@ -80,13 +80,22 @@ impl License {
             .map_or(Status::Active, |d| Status::Expiring(*d))
     }
 
-    /// VPN seats this record adds at `now` on its own (a pool's share for a
-    /// shared license). Non-`spc` products never add VPN seats.
+    /// Whether this record adds VPN seats at `now` (an active `spc` license).
+    pub fn counts_at(&self, now: DateTime<Utc>) -> bool {
+        self.is_spc() && self.status(now).adds_seats()
+    }
+
+    /// VPN seats this record adds at `now` on its own: all its seats, or for
+    /// a shared license its static `share` (a leased pool adds its live
+    /// slice instead, see `Entitlement::cap_with`). Non-`spc` products never
+    /// add VPN seats.
     pub fn seats_at(&self, now: DateTime<Utc>) -> u32 {
-        if !self.is_spc() || !self.status(now).adds_seats() {
+        if !self.counts_at(now) {
             return 0;
         }
-        self.pool.as_ref().map_or(self.seats, |p| p.local_share())
+        self.pool
+            .as_ref()
+            .map_or(self.seats, |p| p.static_share().unwrap_or(0))
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod bundle;
 pub mod cap;
+pub mod lease;
 pub mod lifecycle;
 pub mod model;
 

@@ -48,9 +48,9 @@ pub struct Pool {
     pub id: String,
     pub seats: u32,
     pub members: Vec<String>,
-    /// This gateway's fixed share of the pool, when the cloud states one.
-    /// Absent: an equal split rounded down, so the members together can never
-    /// exceed the pool.
+    /// This gateway's fixed share of the pool, when the cloud states one: a
+    /// static pool, never leased. Absent: the pool is leased in live slices
+    /// (docs/pools.md) and gives nothing without a valid lease.
     #[serde(default)]
     pub share: Option<u32>,
 }
@@ -62,10 +62,9 @@ impl License {
 }
 
 impl Pool {
-    /// The seats of this pool that this gateway may use.
-    pub fn local_share(&self) -> u32 {
+    /// The fixed seats of a static pool; None for a leased pool.
+    pub fn static_share(&self) -> Option<u32> {
         self.share
-            .unwrap_or_else(|| self.seats / self.members.len().max(1) as u32)
     }
 }
 
@@ -440,21 +439,5 @@ pub(crate) mod tests {
         let (valid, rejected) = partition(&[shared, replica], "ESG-A1");
         assert_eq!(valid.len(), 1);
         assert!(rejected[0].reason.contains("pool POOL-1"));
-    }
-
-    #[test]
-    fn equal_split_never_oversubscribes() {
-        for members in 1..=3usize {
-            for seats in 101..400u32 {
-                let names: Vec<String> = (0..members).map(|i| format!("G{i}")).collect();
-                let p = Pool {
-                    id: "P".into(),
-                    seats,
-                    members: names,
-                    share: None,
-                };
-                assert!(p.local_share() * members as u32 <= seats);
-            }
-        }
     }
 }

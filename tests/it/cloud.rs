@@ -18,10 +18,12 @@ const POLL_MS: u64 = 150;
 const SOON: Duration = Duration::from_secs(5);
 
 /// The development cloud: its directory and, while serving, its process.
-struct DevCloud {
-    dir: tempfile::TempDir,
+pub(super) struct DevCloud {
+    pub(super) dir: tempfile::TempDir,
     server: Option<Child>,
-    addr: String,
+    pub(super) addr: String,
+    /// Extra arguments for `serve` (e.g. `--lease-ms`).
+    pub(super) serve_args: Vec<String>,
 }
 
 fn devcloud_bin() -> PathBuf {
@@ -39,7 +41,7 @@ fn devcloud_bin() -> PathBuf {
 
 impl DevCloud {
     /// A cloud signing with the gateway's trusted key, `DEVICE` registered.
-    fn new(gw: &Gateway, ttl_secs: u64) -> DevCloud {
+    pub(super) fn new(gw: &Gateway, ttl_secs: u64) -> DevCloud {
         let cloud = DevCloud {
             dir: tempfile::Builder::new()
                 .prefix("seatgate-devcloud-")
@@ -47,6 +49,7 @@ impl DevCloud {
                 .unwrap(),
             server: None,
             addr: "127.0.0.1:0".into(),
+            serve_args: Vec::new(),
         };
         cloud.run(&[
             "init",
@@ -59,7 +62,7 @@ impl DevCloud {
         cloud
     }
 
-    fn run(&self, args: &[&str]) {
+    pub(super) fn run(&self, args: &[&str]) {
         let out = Command::new(devcloud_bin())
             .arg("--dir")
             .arg(self.dir.path())
@@ -74,13 +77,14 @@ impl DevCloud {
     }
 
     /// Serves on the last address (an ephemeral port the first time).
-    fn start(&mut self) {
+    pub(super) fn start(&mut self) {
         let addr_file = self.dir.path().join("addr");
         let _ = std::fs::remove_file(&addr_file);
         let child = Command::new(devcloud_bin())
             .arg("--dir")
             .arg(self.dir.path())
             .args(["serve", "--addr", &self.addr])
+            .args(&self.serve_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -91,14 +95,14 @@ impl DevCloud {
         });
     }
 
-    fn stop(&mut self) {
+    pub(super) fn stop(&mut self) {
         if let Some(mut c) = self.server.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(super) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
@@ -213,13 +217,16 @@ fn cloud_lifecycle_add_share_move_expire_replace_reaches_the_gateway() {
     );
 
     // A 150-seat license of the peer shared with this gateway: a replica
-    // with half the pool.
+    // whose slice lease gives its demand (4) plus half the spare seats (the
+    // peer asks for nothing): 4 + 146 / 2.
     cloud.run(&[
         "license", "add", "LIC-BIG", "--device", "ESG-PEER", "--seats", "150",
     ]);
     cloud.run(&["license", "share", "LIC-BIG", "--with", DEVICE]);
-    let s = cap_becomes(&d, 22 + 75, "the replica to count");
-    assert_eq!(s.cap.pooled, 75);
+    let s = cap_becomes(&d, 22 + 77, "the replica's slice lease to count");
+    assert_eq!(s.cap.pooled, 77);
+    assert_eq!(s.pools.len(), 1);
+    assert_eq!(s.pools[0].others, vec!["ESG-PEER".to_string()]);
 
     let vpn = FakeServer::start();
     for i in 0..30 {

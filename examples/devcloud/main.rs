@@ -13,12 +13,18 @@
 //!   cargo run --example devcloud -- --dir /tmp/dc device add ESG-A1 --org ORG-1
 //!   cargo run --example devcloud -- --dir /tmp/dc license add LIC-1 --device ESG-A1 --seats 20
 //!   cargo run --example devcloud -- --dir /tmp/dc serve --addr 127.0.0.1:8443
+//!
+//! Shared pools are handed out in signed slice leases (docs/pools.md) by the
+//! pure allocator in `alloc.rs`; its state is DIR/pools.json, written by
+//! `serve` only, before each answer.
+
+mod alloc;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Duration, Utc};
@@ -34,10 +40,11 @@ use rcgen::{
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
-use seatgate::cloud::wire::UsageReport;
+use seatgate::cloud::wire::{PoolReport, UsageReport};
 use seatgate::license::bundle::{
     encode_public_key, encode_secret_key, parse_secret_key, sign, Bundle, SignedBundle, FORMAT,
 };
+use seatgate::license::lease::{sign_lease, Lease, LEASE_FORMAT};
 use seatgate::license::model::{MAX_POOL_MEMBERS, MIN_SHARED_SEATS};
 use seatgate::license::{Binding, License, Pool};
 use seatgate::store::write_atomic;
@@ -70,6 +77,9 @@ enum Command {
     Serve {
         #[arg(long, default_value = "127.0.0.1:8443")]
         addr: SocketAddr,
+        /// How long a pool slice lease is valid (gateways renew at a third).
+        #[arg(long, default_value_t = 300_000)]
+        lease_ms: u64,
     },
     #[command(subcommand)]
     Device(DeviceCmd),
@@ -177,6 +187,10 @@ struct Lic {
     device: String,
     #[serde(default)]
     shared_with: Vec<String>,
+    /// Shared at least once: stays a pool (of its owner alone, after every
+    /// share is undone), so replicas still draining are accounted for.
+    #[serde(default)]
+    pooled: bool,
 }
 
 const CA_CN: &str = "seatgate devcloud CA";
@@ -189,10 +203,10 @@ fn main() -> Result<()> {
             signing_key,
             ttl_secs,
         } => init(&dir, signing_key, ttl_secs),
-        Command::Serve { addr } => tokio::runtime::Builder::new_current_thread()
+        Command::Serve { addr, lease_ms } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
-            .block_on(serve(dir, addr)),
+            .block_on(serve(dir, addr, lease_ms.max(300))),
         Command::Show => show(&dir),
         Command::Device(DeviceCmd::Add { serial, org }) => {
             change(&dir, |s| {
@@ -283,13 +297,14 @@ fn license(s: &mut State, cmd: LicenseCmd) -> Result<()> {
                     activated_at: now - Duration::minutes(1),
                     device: to,
                     shared_with: Vec::new(),
+                    pooled: false,
                 },
             );
         }
         LicenseCmd::Move { id, to } => {
             device(s, &to)?;
             let l = lic_mut(s, &id)?;
-            if !l.shared_with.is_empty() {
+            if l.pooled {
                 bail!(
                     "license {id} is shared with {:?}; unshare it first",
                     l.shared_with
@@ -325,6 +340,7 @@ fn license(s: &mut State, cmd: LicenseCmd) -> Result<()> {
                 bail!("license {id} is already shared by {MAX_POOL_MEMBERS} gateways");
             }
             l.shared_with.push(with);
+            l.pooled = true;
         }
         LicenseCmd::Unshare { id, from } => {
             let l = lic_mut(s, &id)?;
@@ -391,6 +407,9 @@ fn edit(dir: &Path, bump: bool, f: impl FnOnce(&mut State) -> Result<()>) -> Res
 
 fn show(dir: &Path) -> Result<()> {
     println!("{}", std::fs::read_to_string(state_path(dir))?);
+    if let Ok(text) = std::fs::read_to_string(pools_path(dir)) {
+        println!("pools: {text}");
+    }
     let usage = dir.join("usage");
     if let Ok(entries) = std::fs::read_dir(&usage) {
         for e in entries.flatten() {
@@ -576,12 +595,10 @@ fn bundle_for(s: &State, serial: &str, now: DateTime<Utc>) -> Result<(Bundle, St
     let issued_at = DateTime::from_timestamp(issued_secs, 0).context("time out of range")?;
     let mut licenses = Vec::new();
     for (id, l) in &s.licenses {
-        let pool = (!l.shared_with.is_empty()).then(|| Pool {
-            id: format!("POOL-{id}"),
+        let pool = l.pooled.then(|| Pool {
+            id: pool_id(id),
             seats: l.seats,
-            members: std::iter::once(l.device.clone())
-                .chain(l.shared_with.iter().cloned())
-                .collect(),
+            members: members(l),
             share: None,
         });
         let binding = if l.device == serial {
@@ -616,6 +633,81 @@ fn bundle_for(s: &State, serial: &str, now: DateTime<Utc>) -> Result<(Bundle, St
     };
     let etag = format!("\"g{}-{}-{:?}\"", s.generation, issued_secs, dev.fault).to_lowercase();
     Ok((bundle, etag))
+}
+
+fn pool_id(license: &str) -> String {
+    format!("POOL-{license}")
+}
+
+fn members(l: &Lic) -> Vec<String> {
+    std::iter::once(l.device.clone())
+        .chain(l.shared_with.iter().cloned())
+        .collect()
+}
+
+// ---- pools ----
+
+fn pools_path(dir: &Path) -> PathBuf {
+    dir.join("pools.json")
+}
+
+fn load_alloc(dir: &Path) -> Result<alloc::Alloc> {
+    match std::fs::read_to_string(pools_path(dir)) {
+        Ok(text) => serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a pool allocation", pools_path(dir).display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(alloc::Alloc::default()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", pools_path(dir).display())),
+    }
+}
+
+/// The allocator as `serve` keeps it: state, lease length, and the end of
+/// the quiet period after a (re)start with pools in the state.
+struct Pools {
+    alloc: alloc::Alloc,
+    lease_ms: u64,
+    quiet_until: DateTime<Utc>,
+}
+
+/// Grants `serial` its slices for `reports`, persisting the allocation
+/// before the signed leases are returned.
+fn grant_slices(
+    dir: &Path,
+    state: &State,
+    pools: &Mutex<Pools>,
+    serial: &str,
+    reports: &[PoolReport],
+) -> Result<Vec<SignedBundle>> {
+    let key = parse_secret_key(&std::fs::read_to_string(dir.join("signing.key"))?)?;
+    let now = Utc::now();
+    let mut p = pools.lock().unwrap_or_else(|e| e.into_inner());
+    for (id, l) in state.licenses.iter().filter(|(_, l)| l.pooled) {
+        p.alloc.set_pool(&pool_id(id), l.seats, &members(l));
+    }
+    let quiet = now < p.quiet_until;
+    let mut grants = Vec::new();
+    for r in reports {
+        if let Some(g) = p.alloc.request(serial, r, now, quiet)? {
+            grants.push((r.pool.clone(), g));
+        }
+    }
+    let text = serde_json::to_string_pretty(&p.alloc)?;
+    write_atomic(&pools_path(dir), text.as_bytes(), 0o600)
+        .with_context(|| format!("cannot write {}", pools_path(dir).display()))?;
+    Ok(grants
+        .into_iter()
+        .map(|(pool, g)| {
+            let lease = Lease {
+                format: LEASE_FORMAT,
+                device: serial.to_string(),
+                pool,
+                seats: g.seats,
+                epoch: g.epoch,
+                issued_at: g.at,
+                valid_for_ms: p.lease_ms,
+            };
+            sign_lease(&lease, &key)
+        })
+        .collect())
 }
 
 /// Applies a device's fault to its bundle.
@@ -686,7 +778,20 @@ fn tls_config(dir: &Path) -> Result<rustls::ServerConfig> {
         .with_single_cert(vec![server, ca], key)?)
 }
 
-async fn serve(dir: PathBuf, addr: SocketAddr) -> Result<()> {
+async fn serve(dir: PathBuf, addr: SocketAddr, lease_ms: u64) -> Result<()> {
+    let now = Utc::now();
+    let restarted = load(&dir)?.licenses.values().any(|l| l.pooled);
+    let pools = Arc::new(Mutex::new(Pools {
+        alloc: load_alloc(&dir)?,
+        lease_ms,
+        // It may not know every lease in force: one lease length of
+        // granting nothing beyond reported usage.
+        quiet_until: if restarted {
+            now + Duration::milliseconds(lease_ms as i64)
+        } else {
+            now
+        },
+    }));
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&dir)?));
     let listener = TcpListener::bind(addr)
         .await
@@ -697,7 +802,7 @@ async fn serve(dir: PathBuf, addr: SocketAddr) -> Result<()> {
     let dir = Arc::new(dir);
     loop {
         let (tcp, peer) = listener.accept().await?;
-        let (acceptor, dir) = (acceptor.clone(), dir.clone());
+        let (acceptor, dir, pools) = (acceptor.clone(), dir.clone(), pools.clone());
         tokio::spawn(async move {
             let tls = match acceptor.accept(tcp).await {
                 Ok(tls) => tls,
@@ -713,8 +818,8 @@ async fn serve(dir: PathBuf, addr: SocketAddr) -> Result<()> {
                 .and_then(|c| c.first())
                 .and_then(|c| subject_cn(c.as_ref()));
             let service = hyper::service::service_fn(move |req| {
-                let (dir, cn) = (dir.clone(), cn.clone());
-                async move { Ok::<_, Infallible>(handle(&dir, cn.as_deref(), req).await) }
+                let (dir, cn, pools) = (dir.clone(), cn.clone(), pools.clone());
+                async move { Ok::<_, Infallible>(handle(&dir, &pools, cn.as_deref(), req).await) }
             });
             let io = hyper_util::rt::TokioIo::new(tls);
             if let Err(e) = hyper::server::conn::http1::Builder::new()
@@ -744,10 +849,15 @@ fn error(status: StatusCode, code: &str, message: &str) -> Reply {
     reply(status, body)
 }
 
-async fn handle(dir: &Path, cn: Option<&str>, req: Request<Incoming>) -> Reply {
+async fn handle(
+    dir: &Path,
+    pools: &Mutex<Pools>,
+    cn: Option<&str>,
+    req: Request<Incoming>,
+) -> Reply {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
-    let r = route(dir, cn, req).await.unwrap_or_else(|e| {
+    let r = route(dir, pools, cn, req).await.unwrap_or_else(|e| {
         error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
@@ -762,7 +872,12 @@ async fn handle(dir: &Path, cn: Option<&str>, req: Request<Incoming>) -> Reply {
     r
 }
 
-async fn route(dir: &Path, cn: Option<&str>, req: Request<Incoming>) -> Result<Reply> {
+async fn route(
+    dir: &Path,
+    pools: &Mutex<Pools>,
+    cn: Option<&str>,
+    req: Request<Incoming>,
+) -> Result<Reply> {
     let parts: Vec<String> = req
         .uri()
         .path()
@@ -859,10 +974,28 @@ async fn route(dir: &Path, cn: Option<&str>, req: Request<Incoming>) -> Result<R
             )?;
             Ok(reply(StatusCode::NO_CONTENT, Bytes::new()))
         }
+        (Method::POST, "pools") => {
+            let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => {
+                    return Ok(error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "too_large",
+                        "pool report over 64 KiB",
+                    ))
+                }
+            };
+            let reports: Vec<PoolReport> = match serde_json::from_slice(&body) {
+                Ok(r) => r,
+                Err(e) => return Ok(error(StatusCode::BAD_REQUEST, "bad_report", &e.to_string())),
+            };
+            let leases = grant_slices(dir, &state, pools, serial, &reports)?;
+            Ok(reply(StatusCode::OK, serde_json::to_string(&leases)?))
+        }
         _ => Ok(error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method",
-            "GET bundle or POST usage",
+            "GET bundle, POST usage or POST pools",
         )),
     }
 }

@@ -1,0 +1,349 @@
+//! Slice leases of shared pools (docs/pools.md): the signed payload, the
+//! rules for accepting one, and the book of leases in force. Pure: keys,
+//! the device, the pools this gateway may lease and the monotonic instants
+//! are arguments. A lease's expiry is measured from when the gateway SENT
+//! its request, so it always runs out here before the cloud counts it gone.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use super::bundle::{sign_bytes, BundleError, SignedBundle};
+
+pub const LEASE_FORMAT: u32 = 1;
+/// A lease longer than this is refused: a cloud that hands out day-long
+/// slices could not rebalance, and a typo must not pin seats for weeks.
+pub const MAX_VALID_FOR_MS: u64 = 24 * 3600 * 1000;
+
+/// The signed payload: `device` may use `seats` of `pool` for `valid_for_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lease {
+    pub format: u32,
+    pub device: String,
+    pub pool: String,
+    pub seats: u32,
+    /// Grows with every grant for this device and pool; an older one is stale.
+    pub epoch: u64,
+    /// When the cloud granted it (informational: expiry is measured locally).
+    pub issued_at: DateTime<Utc>,
+    pub valid_for_ms: u64,
+}
+
+impl Lease {
+    pub fn valid_for(&self) -> Duration {
+        Duration::from_millis(self.valid_for_ms)
+    }
+}
+
+pub fn sign_lease(lease: &Lease, key: &SigningKey) -> SignedBundle {
+    sign_bytes(
+        serde_json::to_vec(lease).expect("a lease always serialises"),
+        key,
+    )
+}
+
+/// Why a lease was refused; the lease in force (if any) stays.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("slice lease refused: {0}")]
+    Envelope(#[source] BundleError),
+    #[error("slice lease payload is not a lease ({0}); the cloud and this seatgate disagree on the contract, upgrade one of them")]
+    Payload(String),
+    #[error("slice lease format {0} is not supported (this seatgate reads format {LEASE_FORMAT}); upgrade seatgate")]
+    Format(u32),
+    #[error("slice lease is for device {lease}, not this gateway ({this})")]
+    WrongDevice { lease: String, this: String },
+    #[error("slice lease for pool {0}, which no accepted license of this gateway leases; check the bundle (`seatgate licenses`)")]
+    UnknownPool(String),
+    #[error("slice lease for pool {pool} has epoch {got}, older than the accepted {last}; refusing a stale lease")]
+    OlderEpoch { pool: String, got: u64, last: u64 },
+    #[error("slice lease for pool {pool} is valid for {valid_for_ms} ms, more than the {MAX_VALID_FOR_MS} ms allowed; the cloud is misconfigured")]
+    TooLong { pool: String, valid_for_ms: u64 },
+}
+
+/// A lease in force: the lease, when its request was sent, when it runs out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub lease: Lease,
+    pub sent: Instant,
+    pub expires: Instant,
+}
+
+/// The leases this gateway holds, one per pool, and the last epoch accepted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaseBook {
+    held: BTreeMap<String, Held>,
+}
+
+impl LeaseBook {
+    /// Verifies `signed` and takes it into the book if the rules allow.
+    /// `pools` are the pools this gateway may lease (from its accepted
+    /// bundle); `sent` is when the request that brought it was sent.
+    pub fn accept(
+        &mut self,
+        signed: &SignedBundle,
+        trusted: &[VerifyingKey],
+        device: &str,
+        pools: &[&str],
+        sent: Instant,
+    ) -> Result<&Held, LeaseError> {
+        let bytes = signed
+            .verified_payload(trusted)
+            .map_err(LeaseError::Envelope)?;
+        let lease: Lease =
+            serde_json::from_slice(&bytes).map_err(|e| LeaseError::Payload(e.to_string()))?;
+        if lease.format != LEASE_FORMAT {
+            return Err(LeaseError::Format(lease.format));
+        }
+        if lease.device != device {
+            return Err(LeaseError::WrongDevice {
+                lease: lease.device,
+                this: device.to_string(),
+            });
+        }
+        if !pools.contains(&lease.pool.as_str()) {
+            return Err(LeaseError::UnknownPool(lease.pool));
+        }
+        if lease.valid_for_ms > MAX_VALID_FOR_MS {
+            return Err(LeaseError::TooLong {
+                pool: lease.pool,
+                valid_for_ms: lease.valid_for_ms,
+            });
+        }
+        let expires = sent + lease.valid_for();
+        let pool = lease.pool.clone();
+        match self.held.get(&pool) {
+            Some(old) if lease.epoch < old.lease.epoch => Err(LeaseError::OlderEpoch {
+                pool,
+                got: lease.epoch,
+                last: old.lease.epoch,
+            }),
+            // The same grant again (a replay or a retry): never extends it.
+            Some(old) if lease.epoch == old.lease.epoch => Ok(&self.held[&pool]),
+            _ => {
+                self.held.insert(
+                    pool.clone(),
+                    Held {
+                        lease,
+                        sent,
+                        expires,
+                    },
+                );
+                Ok(&self.held[&pool])
+            }
+        }
+    }
+
+    pub fn get(&self, pool: &str) -> Option<&Held> {
+        self.held.get(pool)
+    }
+
+    /// The slice of `pool` usable at `now`: None once the lease ran out.
+    pub fn slice(&self, pool: &str, now: Instant) -> Option<u32> {
+        self.held
+            .get(pool)
+            .filter(|h| now < h.expires)
+            .map(|h| h.lease.seats)
+    }
+
+    /// Every valid slice at `now`, by pool id (what the cap adds).
+    pub fn slices(&self, now: Instant) -> BTreeMap<String, u32> {
+        self.held
+            .iter()
+            .filter(|(_, h)| now < h.expires)
+            .map(|(p, h)| (p.clone(), h.lease.seats))
+            .collect()
+    }
+
+    /// The epoch of the lease of `pool` still valid at `now` (what a report
+    /// tells the cloud this gateway holds).
+    pub fn held_epoch(&self, pool: &str, now: Instant) -> Option<u64> {
+        self.held
+            .get(pool)
+            .filter(|h| now < h.expires)
+            .map(|h| h.lease.epoch)
+    }
+
+    /// Pools with a lease record (valid or not), in id order.
+    pub fn pools(&self) -> impl Iterator<Item = &str> {
+        self.held.keys().map(String::as_str)
+    }
+
+    /// Forgets a pool this gateway left and reported drained.
+    pub fn forget(&mut self, pool: &str) {
+        self.held.remove(pool);
+    }
+
+    /// When the leases should be renewed: a third into the earliest one
+    /// still valid at `now`. None when no lease is valid.
+    pub fn renew_at(&self, now: Instant) -> Option<Instant> {
+        self.held
+            .values()
+            .filter(|h| now < h.expires)
+            .map(|h| h.sent + h.lease.valid_for() / 3)
+            .min()
+    }
+}
+
+/// Attributes the sessions beyond the non-pool cap (`beyond`) to pools in
+/// id order, each up to its slice, the rest to the last pool.
+pub fn pool_usage(beyond: u32, slices: &[(&str, u32)]) -> Vec<u32> {
+    let mut left = beyond;
+    let n = slices.len();
+    slices
+        .iter()
+        .enumerate()
+        .map(|(i, (_, slice))| {
+            let take = if i + 1 == n { left } else { left.min(*slice) };
+            left -= take;
+            take
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::model::tests::t;
+    use super::*;
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    fn lease(pool: &str, seats: u32, epoch: u64) -> Lease {
+        Lease {
+            format: LEASE_FORMAT,
+            device: "ESG-A1".into(),
+            pool: pool.into(),
+            seats,
+            epoch,
+            issued_at: t("2026-06-01T00:00:00Z"),
+            valid_for_ms: 1500,
+        }
+    }
+
+    fn accept(book: &mut LeaseBook, l: &Lease, k: u8, sent: Instant) -> Result<u32, String> {
+        book.accept(
+            &sign_lease(l, &key(k)),
+            &[key(1).verifying_key()],
+            "ESG-A1",
+            &["P1", "P2"],
+            sent,
+        )
+        .map(|h| h.lease.seats)
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn expiry_is_measured_from_the_send_instant() {
+        let t0 = Instant::now();
+        let mut book = LeaseBook::default();
+        accept(&mut book, &lease("P1", 60, 5), 1, t0).unwrap();
+        let ms = |n| t0 + Duration::from_millis(n);
+        assert_eq!(book.slice("P1", ms(0)), Some(60));
+        assert_eq!(book.slice("P1", ms(1499)), Some(60));
+        assert_eq!(book.slice("P1", ms(1500)), None, "expired: nothing");
+        assert_eq!(book.renew_at(ms(0)), Some(ms(500)));
+        assert_eq!(book.renew_at(ms(1500)), None);
+        assert_eq!(book.held_epoch("P1", ms(10)), Some(5));
+        assert_eq!(book.held_epoch("P1", ms(1500)), None);
+        assert!(book.slices(ms(1500)).is_empty());
+    }
+
+    #[test]
+    fn acceptance_table() {
+        let t0 = Instant::now();
+        let cases: Vec<(&str, Lease, u8, Option<&str>)> = vec![
+            ("good", lease("P1", 60, 5), 1, None),
+            ("wrong key", lease("P1", 60, 6), 2, Some("does not verify")),
+            (
+                "other device",
+                Lease {
+                    device: "ESG-Z9".into(),
+                    ..lease("P1", 60, 6)
+                },
+                1,
+                Some("for device ESG-Z9, not this gateway (ESG-A1)"),
+            ),
+            (
+                "unknown pool",
+                lease("P9", 60, 6),
+                1,
+                Some("pool P9, which no accepted license"),
+            ),
+            (
+                "format 2",
+                Lease {
+                    format: 2,
+                    ..lease("P1", 60, 6)
+                },
+                1,
+                Some("format 2 is not supported"),
+            ),
+            (
+                "too long",
+                Lease {
+                    valid_for_ms: MAX_VALID_FOR_MS + 1,
+                    ..lease("P1", 60, 6)
+                },
+                1,
+                Some("more than the 86400000 ms allowed"),
+            ),
+            (
+                "older epoch",
+                lease("P1", 99, 4),
+                1,
+                Some("epoch 4, older than the accepted 5"),
+            ),
+        ];
+        let mut book = LeaseBook::default();
+        for (name, l, k, want) in cases {
+            let got = accept(&mut book, &l, k, t0);
+            match want {
+                None => assert!(got.is_ok(), "{name}: {got:?}"),
+                Some(text) => {
+                    let err = got.expect_err(name);
+                    assert!(err.contains(text), "{name}: {err:?} lacks {text:?}");
+                    assert_eq!(
+                        book.slice("P1", t0),
+                        Some(60),
+                        "{name}: lease in force stays"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_same_epoch_again_never_extends_a_lease() {
+        let t0 = Instant::now();
+        let mut book = LeaseBook::default();
+        accept(&mut book, &lease("P1", 60, 5), 1, t0).unwrap();
+        let later = t0 + Duration::from_millis(1000);
+        accept(&mut book, &lease("P1", 60, 5), 1, later).unwrap();
+        assert_eq!(
+            book.get("P1").unwrap().expires,
+            t0 + Duration::from_millis(1500)
+        );
+        // A newer grant replaces it, smaller or not.
+        accept(&mut book, &lease("P1", 20, 6), 1, later).unwrap();
+        assert_eq!(book.slice("P1", later), Some(20));
+        assert_eq!(
+            book.get("P1").unwrap().expires,
+            later + Duration::from_millis(1500)
+        );
+    }
+
+    #[test]
+    fn usage_fills_pools_in_order_and_the_last_takes_the_rest() {
+        assert_eq!(pool_usage(0, &[]), Vec::<u32>::new());
+        assert_eq!(pool_usage(7, &[("P1", 60)]), vec![7]);
+        assert_eq!(pool_usage(70, &[("P1", 60)]), vec![70]);
+        assert_eq!(pool_usage(70, &[("P1", 60), ("P2", 5)]), vec![60, 10]);
+        assert_eq!(pool_usage(30, &[("P1", 60), ("P2", 5)]), vec![30, 0]);
+    }
+}
