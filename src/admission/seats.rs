@@ -416,7 +416,7 @@ impl Seats {
         let now = self.licenses.now(system);
         Usage {
             now,
-            cap: self.licenses.entitlement.cap_at(now).total(),
+            cap: self.cap(system),
             in_use: self.table.in_use(),
             peak: self.table.peak,
             peak_at: self.table.peak_at,
