@@ -28,6 +28,9 @@ pub struct Status {
     pub over_cap_by: u32,
     pub peak: u32,
     pub peak_at: Option<DateTime<Utc>>,
+    /// Peak usage per UTC day, oldest first (up to 31 days).
+    #[serde(default)]
+    pub daily_peaks: Vec<DayPeak>,
     pub denials: u64,
     pub next_change: Option<Step>,
     pub timeline: Vec<Step>,
@@ -82,6 +85,12 @@ fn render_pool(p: &PoolStatus, now: DateTime<Utc>) -> String {
         "pool {} ({} seats, license {}): slice {}, in use here {}; {lease}; other members: {others}\n",
         p.id, p.seats, p.license, p.slice, p.in_use
     )
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DayPeak {
+    pub day: chrono::NaiveDate,
+    pub peak: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,6 +182,14 @@ impl Status {
             over_cap_by: in_use.saturating_sub(total),
             peak: table.peak,
             peak_at: table.peak_at,
+            daily_peaks: table
+                .daily_peaks
+                .iter()
+                .map(|(day, peak)| DayPeak {
+                    day: *day,
+                    peak: *peak,
+                })
+                .collect(),
             denials: table.denials,
             next_change: timeline.first().copied(),
             timeline,
@@ -218,6 +235,19 @@ impl Status {
             "peak: {}{peak_at}; denials: {}\n",
             self.peak, self.denials
         ));
+        if !self.daily_peaks.is_empty() {
+            let days: Vec<String> = self
+                .daily_peaks
+                .iter()
+                .rev()
+                .take(7)
+                .map(|d| format!("{} {}", d.day.format("%m-%d"), d.peak))
+                .collect();
+            out.push_str(&format!(
+                "daily peaks (newest first): {}\n",
+                days.join(", ")
+            ));
+        }
         for p in &self.pools {
             out.push_str(&render_pool(p, self.now));
         }

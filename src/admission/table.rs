@@ -2,9 +2,9 @@
 //! `&mut self`, so with the table behind one lock exactly `cap` sessions get
 //! in however many ask at once. Pure: the cap and the instant are arguments.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::protocol::{AdmitRequest, DenyReason, ServerKind};
@@ -51,7 +51,14 @@ pub struct Table {
     /// Admissions refused since the table was created.
     #[serde(default)]
     pub denials: u64,
+    /// Peak usage per UTC day (the most sessions held right after an
+    /// admission that day), for the last `DAILY_PEAK_DAYS` days with any.
+    #[serde(default)]
+    pub daily_peaks: BTreeMap<NaiveDate, u32>,
 }
+
+/// How many days of peaks the table keeps.
+pub const DAILY_PEAK_DAYS: usize = 31;
 
 impl Table {
     pub fn in_use(&self) -> u32 {
@@ -120,9 +127,15 @@ impl Table {
         match change {
             Change::Admit(s) => {
                 self.sessions.insert(s.key.clone(), s.clone());
-                if self.in_use() > self.peak {
-                    self.peak = self.in_use();
+                let in_use = self.in_use();
+                if in_use > self.peak {
+                    self.peak = in_use;
                     self.peak_at = Some(now.max(s.since));
+                }
+                let day = self.daily_peaks.entry(s.since.date_naive()).or_default();
+                *day = (*day).max(in_use);
+                while self.daily_peaks.len() > DAILY_PEAK_DAYS {
+                    self.daily_peaks.pop_first();
                 }
             }
             Change::Release(key) => {
@@ -199,6 +212,24 @@ mod tests {
         assert_eq!(t.in_use(), 3);
         assert_eq!(t.denials, 1);
         assert_eq!(t.peak, 3);
+    }
+
+    #[test]
+    fn daily_peaks_follow_the_session_start_day_and_stay_bounded() {
+        let mut t = Table::default();
+        let day = |d: i64| now() + chrono::Duration::days(d);
+        for d in 0..40i64 {
+            for i in 0..(d % 5 + 1) {
+                t.admit(&req(&format!("d{d}-{i}")), server(10), 100, day(d));
+            }
+            for i in 0..(d % 5 + 1) {
+                t.release(&format!("d{d}-{i}"));
+            }
+        }
+        assert_eq!(t.daily_peaks.len(), DAILY_PEAK_DAYS);
+        assert_eq!(t.daily_peaks.keys().next(), Some(&day(9).date_naive()));
+        assert_eq!(t.daily_peaks[&day(39).date_naive()], 5);
+        assert_eq!(t.daily_peaks[&day(35).date_naive()], 1);
     }
 
     #[test]

@@ -161,6 +161,12 @@ fn repeated_admit_and_rejected_release_do_not_miscount() {
         }
         other => panic!("{other:?}"),
     }
+    let st = d.status();
+    assert_eq!((st.peak, st.denials), (2, 1));
+    assert_eq!(
+        st.daily_peaks.last().map(|p| (p.day, p.peak)),
+        Some((st.sessions[1].since.date_naive(), 2))
+    );
     // OpenVPN reports the rejected client's disconnect too.
     match call(&d.socket, &Request::Release { key: "c".into() }).unwrap() {
         Response::Release(r) => assert!(!r.released && r.in_use == 2),
