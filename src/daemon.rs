@@ -45,8 +45,10 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
         tracing::warn!("session journal: {w}");
     }
     tracing::info!(sessions = table.in_use(), "session table loaded");
+    let mut seats = Seats::new(config.device.clone(), table, journal, licenses);
+    seats.restore_leases(licensing::load_pools(&config));
     let ctx = Arc::new(Ctx {
-        seats: Mutex::new(Seats::new(config.device.clone(), table, journal, licenses)),
+        seats: Mutex::new(seats),
         policy: Mutex::new(policy(&config)),
         idle_timeout: config.admission.idle_timeout,
         start_times: Default::default(),
@@ -112,6 +114,10 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
     tracker.spawn(cloud::pools::run(
         ctx.clone(),
         config.clone(),
+        {
+            let (ctx, config) = (ctx.clone(), config.clone());
+            move || persist_pools_in_background(&ctx, &config)
+        },
         cancel.clone(),
     ));
     if let Some(every) = sys::watchdog_interval() {
@@ -142,6 +148,7 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
         tracing::error!(error = %e, "cannot write the session snapshot; the journal still holds every change");
     }
     persist_licenses(&ctx, &config);
+    persist_pools(&ctx, &config);
     drop(bound);
     Ok(())
 }
@@ -281,6 +288,31 @@ fn persist_licenses(ctx: &Ctx, config: &Mutex<Config>) {
             tracing::warn!(dir = %config.state_dir.display(), error = %e, "cannot persist the clock high-water mark")
         }
     }
+}
+
+/// `persist_pools` off the runtime thread, and only when the pools or an
+/// epoch changed since the last write.
+fn persist_pools_in_background(ctx: &Arc<Ctx>, config: &Arc<Mutex<Config>>) {
+    if ctx.seats().pools_to_save().is_none() {
+        return;
+    }
+    let (ctx, config) = (ctx.clone(), config.clone());
+    tokio::task::spawn_blocking(move || persist_pools(&ctx, &config));
+}
+
+/// Writes what the lease book must remember (`pools.json`), outside the
+/// seats lock. A failure is logged and in status; the book in memory stays.
+fn persist_pools(ctx: &Ctx, config: &Mutex<Config>) {
+    // One write at a time, each taking the book as it is once its turn
+    // comes, so an older record is never written after a newer one.
+    static PERSISTING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = PERSISTING.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(saved) = ctx.seats().pools_to_save() else {
+        return;
+    };
+    let config = config.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let result = licensing::persist_pools(&config, &saved);
+    ctx.seats().note_pools_saved(saved, result);
 }
 
 async fn watchdog(every: Duration, cancel: CancellationToken) {

@@ -11,7 +11,8 @@
 //!   `sync` (the loop feeding bundles to the seat authority), `pools` (slice
 //!   leases of shared pools: report usage, renew, docs/pools.md).
 //! - `config`: TOML parsed and validated into typed values.
-//! - `licensing`: the engine meets the disk (stored bundle, bundle file, clock).
+//! - `licensing`: the engine meets the disk (stored bundle, bundle file, clock,
+//!   the pools and epochs the lease book remembers).
 //! - `report`: the license report (pure) behind `seatgate licenses`.
 //! - `store`: atomic file writes.
 //! - `sys`: users and groups, peer credentials, process liveness, systemd.

@@ -1,7 +1,8 @@
 //! Where the license engine meets the disk: the last accepted bundle in the
 //! state directory, an operator-supplied bundle file, and the clock's high
-//! water mark. Deciding is pure (`resolve`); reading and writing is `load`
-//! and `persist`.
+//! water mark, and what the book of pool leases must remember across a
+//! restart (`pools.json`, docs/pools.md). Deciding is pure (`resolve`);
+//! reading and writing is `load`, `persist`, `load_pools` and `persist_pools`.
 
 use std::path::{Path, PathBuf};
 
@@ -11,11 +12,37 @@ use serde::{Deserialize, Serialize};
 use crate::clock::effective_now;
 use crate::config::Config;
 use crate::license::bundle::{self, Acceptance, Bundle, BundleError, SignedBundle};
+use crate::license::lease::Remembered;
 use crate::license::{Entitlement, Rejected};
 use crate::store;
 
 pub const BUNDLE_FILE: &str = "bundle.json";
 pub const CLOCK_FILE: &str = "clock.json";
+pub const POOLS_FILE: &str = "pools.json";
+
+/// Why `pools.json` could not be read or written. Neither ever costs a seat
+/// count: the book in memory stays as it is.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolsFileError {
+    #[error("cannot read {}: {source}; pools left before the restart are not reported to the cloud (their seats stay held there) until the file is readable; check the state directory", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not a pool record ({source}); pools left before the restart are not reported to the cloud (their seats stay held there); the file is rewritten at the next lease", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot write {}: {source}; a restart now would forget the pools and lease epochs since the last write; check the state directory", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// The licenses in force and where they came from.
 #[derive(Debug, Clone)]
@@ -175,6 +202,27 @@ pub fn persist(config: &Config, lic: &mut Licenses, system: DateTime<Utc>) -> st
     Ok(())
 }
 
+/// Reads what the lease book remembered (nothing yet: an empty record).
+pub fn load_pools(config: &Config) -> Result<Remembered, PoolsFileError> {
+    let path = state_path(config, POOLS_FILE);
+    match store::read_optional(&path) {
+        Ok(None) => Ok(Remembered::default()),
+        Ok(Some(text)) => {
+            serde_json::from_str(&text).map_err(|source| PoolsFileError::Parse { path, source })
+        }
+        Err(source) => Err(PoolsFileError::Read { path, source }),
+    }
+}
+
+/// Stores what the lease book must remember, atomically, mode 0640.
+pub fn persist_pools(config: &Config, saved: &Remembered) -> Result<(), PoolsFileError> {
+    let path = state_path(config, POOLS_FILE);
+    let text = serde_json::to_string(saved).expect("a pool record serialises");
+    store::ensure_dir(&config.state_dir, 0o750)
+        .and_then(|()| store::write_atomic(&path, text.as_bytes(), 0o640))
+        .map_err(|source| PoolsFileError::Write { path, source })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,5 +327,29 @@ mod tests {
             2,
             "expired license stays expired"
         );
+    }
+
+    #[test]
+    fn pools_file_round_trips_and_a_bad_one_is_an_error() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config();
+        c.state_dir = dir.path().join("state");
+        assert_eq!(
+            load_pools(&c).unwrap(),
+            Remembered::default(),
+            "no file yet"
+        );
+        let saved = Remembered {
+            pools: [("POOL-L1".to_string(), 7)].into(),
+        };
+        persist_pools(&c, &saved).unwrap();
+        assert_eq!(load_pools(&c).unwrap(), saved);
+        let path = c.state_dir.join(POOLS_FILE);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o640);
+        std::fs::write(&path, "{not json").unwrap();
+        let err = load_pools(&c).unwrap_err().to_string();
+        assert!(err.contains("pools.json is not a pool record"), "{err}");
     }
 }

@@ -14,8 +14,8 @@ use crate::cloud::wire::{PoolReport, POOL_HEADROOM};
 use crate::config::Config;
 use crate::license::bundle::SignedBundle as Signed;
 use crate::license::bundle::{BundleError, SignedBundle};
-use crate::license::lease::{pool_usage, LeaseBook, LeaseError};
-use crate::licensing::Licenses;
+use crate::license::lease::{pool_usage, LeaseBook, LeaseError, Remembered};
+use crate::licensing::{Licenses, PoolsFileError};
 use crate::reconcile::Listing;
 use crate::status::{PoolStatus, Status};
 
@@ -40,6 +40,10 @@ pub struct Seats {
     cloud: Option<SyncRecord>,
     /// Slice leases of shared pools (docs/pools.md).
     leases: LeaseBook,
+    /// What `pools.json` holds (as far as this process knows).
+    pools_saved: Remembered,
+    /// Why `pools.json` could not be read or written, for status.
+    pools_file_warning: Option<String>,
     /// `table.denials` when the last pool report was delivered.
     denials_reported: u64,
 }
@@ -53,7 +57,47 @@ impl Seats {
             licenses,
             cloud: None,
             leases: LeaseBook::default(),
+            pools_saved: Remembered::default(),
+            pools_file_warning: None,
             denials_reported: 0,
+        }
+    }
+
+    /// Takes what `pools.json` remembered into the lease book (start-up).
+    /// Unreadable, the book stays empty and status says why.
+    pub fn restore_leases(&mut self, loaded: Result<Remembered, PoolsFileError>) {
+        match loaded {
+            Ok(saved) => {
+                self.leases = LeaseBook::restore(&saved);
+                self.pools_saved = saved;
+            }
+            Err(e) => {
+                tracing::warn!("{e}");
+                self.pools_file_warning = Some(e.to_string());
+            }
+        }
+    }
+
+    /// What `pools.json` should hold now, if that differs from what it holds.
+    pub fn pools_to_save(&self) -> Option<Remembered> {
+        let now = self.leases.remembered();
+        (now != self.pools_saved).then_some(now)
+    }
+
+    /// Records the outcome of writing `saved` to `pools.json`.
+    pub fn note_pools_saved(&mut self, saved: Remembered, result: Result<(), PoolsFileError>) {
+        match result {
+            Ok(()) => {
+                self.pools_saved = saved;
+                self.pools_file_warning = None;
+            }
+            Err(e) => {
+                // Retried at the next pool cycle; said once, not every cycle.
+                if self.pools_file_warning.is_none() {
+                    tracing::warn!("{e}");
+                }
+                self.pools_file_warning = Some(e.to_string());
+            }
         }
     }
 
@@ -107,7 +151,7 @@ impl Seats {
 
     /// The pools to report, in report order: leased pools of the licenses in
     /// force (by id), then pools this gateway left but has not reported
-    /// drained. With each: its slice at `mono` (0 without a valid lease).
+    /// drained (remembered across restarts in `pools.json`). With each: its slice at `mono` (0 without a valid lease).
     fn report_pools(&self, system: DateTime<Utc>, mono: Instant) -> Vec<(String, u32, bool)> {
         let now = self.licenses.now(system);
         let mut pools: Vec<(String, u32, bool)> = self
@@ -400,7 +444,7 @@ impl Seats {
 
     pub fn status(&self, system: DateTime<Utc>) -> Status {
         let mono = Instant::now();
-        Status::build(
+        let mut status = Status::build(
             &self.device,
             &self.table,
             &self.licenses,
@@ -408,7 +452,9 @@ impl Seats {
             self.licenses.now(system),
             &self.leases.slices(mono),
             self.pool_status(system, mono),
-        )
+        );
+        status.warnings.extend(self.pools_file_warning.clone());
+        status
     }
 
     /// The counters alone, for reports that do not list sessions.

@@ -43,8 +43,14 @@ pub fn next_wait(
     }
 }
 
-/// Runs until `cancel`.
-pub async fn run(ctx: Arc<Ctx>, config: Arc<Mutex<Config>>, cancel: CancellationToken) {
+/// Runs until `cancel`. `persist` writes what the lease book must remember
+/// across a restart (pools, epochs) if it changed, off the runtime thread.
+pub async fn run(
+    ctx: Arc<Ctx>,
+    config: Arc<Mutex<Config>>,
+    persist: impl Fn() + Send,
+    cancel: CancellationToken,
+) {
     let mut client: Option<(Cloud, CloudClient)> = None;
     let mut wait = Duration::ZERO;
     let mut failures: u32 = 0;
@@ -102,6 +108,8 @@ pub async fn run(ctx: Arc<Ctx>, config: Arc<Mutex<Config>>, cancel: Cancellation
                         .filter_map(|i| seats_lease_len(&seats, &reports[i].pool))
                         .min();
                     lease_len = renew.or(lease_len);
+                    drop(seats);
+                    persist();
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);

@@ -1,5 +1,6 @@
 //! Slice leases of shared pools (docs/pools.md): the signed payload, the
-//! rules for accepting one, and the book of leases in force. Pure: keys,
+//! rules for accepting one, and the book of leases in force (with what of it
+//! a restart must remember, `Remembered`: docs/pools.md). Pure: keys,
 //! the device, the pools this gateway may lease and the monotonic instants
 //! are arguments. A lease's expiry is measured from when the gateway SENT
 //! its request, so it always runs out here before the cloud counts it gone.
@@ -61,6 +62,8 @@ pub enum LeaseError {
     UnknownPool(String),
     #[error("slice lease for pool {pool} has epoch {got}, older than the accepted {last}; refusing a stale lease")]
     OlderEpoch { pool: String, got: u64, last: u64 },
+    #[error("slice lease for pool {pool} repeats epoch {epoch}, accepted before this gateway restarted; waiting for a fresh lease")]
+    Replayed { pool: String, epoch: u64 },
     #[error("slice lease for pool {pool} is valid for {valid_for_ms} ms, more than the {MAX_VALID_FOR_MS} ms allowed; the cloud is misconfigured")]
     TooLong { pool: String, valid_for_ms: u64 },
 }
@@ -73,13 +76,59 @@ pub struct Held {
     pub expires: Instant,
 }
 
+/// One pool this gateway has a lease record for: the last epoch accepted
+/// and, once one arrived in this run, the lease itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Record {
+    epoch: u64,
+    held: Option<Held>,
+}
+
+/// What the state directory keeps of the book (`pools.json`): the pools this
+/// gateway has lease records for and the last epoch accepted for each. Not
+/// the leases: their expiry is on a monotonic clock that a restart loses, so
+/// a restarted gateway uses no slice until a fresh lease arrives.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Remembered {
+    /// Pool id -> last accepted epoch.
+    pub pools: BTreeMap<String, u64>,
+}
+
 /// The leases this gateway holds, one per pool, and the last epoch accepted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LeaseBook {
-    held: BTreeMap<String, Held>,
+    records: BTreeMap<String, Record>,
 }
 
 impl LeaseBook {
+    /// A book from what was remembered: the pools and their last epochs,
+    /// no lease in force.
+    pub fn restore(saved: &Remembered) -> Self {
+        let records = saved
+            .pools
+            .iter()
+            .map(|(pool, epoch)| {
+                let record = Record {
+                    epoch: *epoch,
+                    held: None,
+                };
+                (pool.clone(), record)
+            })
+            .collect();
+        LeaseBook { records }
+    }
+
+    /// What to remember of the book (see `Remembered`).
+    pub fn remembered(&self) -> Remembered {
+        let pools = self
+            .records
+            .iter()
+            .map(|(pool, r)| (pool.clone(), r.epoch))
+            .collect();
+        Remembered { pools }
+    }
+
     /// Verifies `signed` and takes it into the book if the rules allow.
     /// `pools` are the pools this gateway may lease (from its accepted
     /// bundle); `sent` is when the request that brought it was sent.
@@ -91,70 +140,65 @@ impl LeaseBook {
         pools: &[&str],
         sent: Instant,
     ) -> Result<&Held, LeaseError> {
-        let bytes = signed
-            .verified_payload(trusted)
-            .map_err(LeaseError::Envelope)?;
-        let lease: Lease =
-            serde_json::from_slice(&bytes).map_err(|e| LeaseError::Payload(e.to_string()))?;
-        if lease.format != LEASE_FORMAT {
-            return Err(LeaseError::Format(lease.format));
-        }
-        if lease.device != device {
-            return Err(LeaseError::WrongDevice {
-                lease: lease.device,
-                this: device.to_string(),
-            });
-        }
-        if !pools.contains(&lease.pool.as_str()) {
-            return Err(LeaseError::UnknownPool(lease.pool));
-        }
-        if lease.valid_for_ms > MAX_VALID_FOR_MS {
-            return Err(LeaseError::TooLong {
-                pool: lease.pool,
-                valid_for_ms: lease.valid_for_ms,
-            });
-        }
-        let expires = sent + lease.valid_for();
+        let lease = verify(signed, trusted, device, pools)?;
         let pool = lease.pool.clone();
-        match self.held.get(&pool) {
-            Some(old) if lease.epoch < old.lease.epoch => Err(LeaseError::OlderEpoch {
+        match self.records.get(&pool) {
+            Some(old) if lease.epoch < old.epoch => Err(LeaseError::OlderEpoch {
                 pool,
                 got: lease.epoch,
-                last: old.lease.epoch,
+                last: old.epoch,
             }),
-            // The same grant again (a replay or a retry): never extends it.
-            Some(old) if lease.epoch == old.lease.epoch => Ok(&self.held[&pool]),
+            Some(old) if lease.epoch == old.epoch => match old.held {
+                // The same grant again (a replay or a retry): never extends it.
+                Some(_) => Ok(self.records[&pool].held_ref()),
+                // The epoch accepted before a restart: its lease went with
+                // the monotonic clock it was measured on; only a fresh one counts.
+                None => Err(LeaseError::Replayed {
+                    pool,
+                    epoch: lease.epoch,
+                }),
+            },
             _ => {
-                self.held.insert(
-                    pool.clone(),
-                    Held {
-                        lease,
-                        sent,
-                        expires,
-                    },
-                );
-                Ok(&self.held[&pool])
+                let expires = sent + lease.valid_for();
+                let epoch = lease.epoch;
+                let held = Held {
+                    lease,
+                    sent,
+                    expires,
+                };
+                let record = Record {
+                    epoch,
+                    held: Some(held),
+                };
+                self.records.insert(pool.clone(), record);
+                Ok(self.records[&pool].held_ref())
             }
         }
     }
 
+    /// The lease of `pool` accepted in this run, valid or not.
     pub fn get(&self, pool: &str) -> Option<&Held> {
-        self.held.get(pool)
+        self.records.get(pool).and_then(|r| r.held.as_ref())
+    }
+
+    /// Leases accepted in this run, valid at `now`.
+    fn valid(&self, now: Instant) -> impl Iterator<Item = (&String, &Held)> {
+        self.records
+            .iter()
+            .filter_map(|(p, r)| r.held.as_ref().map(|h| (p, h)))
+            .filter(move |(_, h)| now < h.expires)
     }
 
     /// The slice of `pool` usable at `now`: None once the lease ran out.
     pub fn slice(&self, pool: &str, now: Instant) -> Option<u32> {
-        self.held
-            .get(pool)
+        self.get(pool)
             .filter(|h| now < h.expires)
             .map(|h| h.lease.seats)
     }
 
     /// Every valid slice at `now`, by pool id (what the cap adds).
     pub fn slices(&self, now: Instant) -> BTreeMap<String, u32> {
-        self.held
-            .iter()
-            .filter(|(_, h)| now < h.expires)
+        self.valid(now)
             .map(|(p, h)| (p.clone(), h.lease.seats))
             .collect()
     }
@@ -162,31 +206,69 @@ impl LeaseBook {
     /// The epoch of the lease of `pool` still valid at `now` (what a report
     /// tells the cloud this gateway holds).
     pub fn held_epoch(&self, pool: &str, now: Instant) -> Option<u64> {
-        self.held
-            .get(pool)
+        self.get(pool)
             .filter(|h| now < h.expires)
             .map(|h| h.lease.epoch)
     }
 
-    /// Pools with a lease record (valid or not), in id order.
+    /// Pools with a lease record (valid, expired or remembered from before
+    /// a restart), in id order.
     pub fn pools(&self) -> impl Iterator<Item = &str> {
-        self.held.keys().map(String::as_str)
+        self.records.keys().map(String::as_str)
     }
 
     /// Forgets a pool this gateway left and reported drained.
     pub fn forget(&mut self, pool: &str) {
-        self.held.remove(pool);
+        self.records.remove(pool);
     }
 
     /// When the leases should be renewed: a third into the earliest one
     /// still valid at `now`. None when no lease is valid.
     pub fn renew_at(&self, now: Instant) -> Option<Instant> {
-        self.held
-            .values()
-            .filter(|h| now < h.expires)
-            .map(|h| h.sent + h.lease.valid_for() / 3)
+        self.valid(now)
+            .map(|(_, h)| h.sent + h.lease.valid_for() / 3)
             .min()
     }
+}
+
+impl Record {
+    fn held_ref(&self) -> &Held {
+        self.held.as_ref().expect("a record just given a lease")
+    }
+}
+
+/// The lease in `signed`, if its signature, format, device, pool and length
+/// pass (the epoch is the book's to judge).
+fn verify(
+    signed: &SignedBundle,
+    trusted: &[VerifyingKey],
+    device: &str,
+    pools: &[&str],
+) -> Result<Lease, LeaseError> {
+    let bytes = signed
+        .verified_payload(trusted)
+        .map_err(LeaseError::Envelope)?;
+    let lease: Lease =
+        serde_json::from_slice(&bytes).map_err(|e| LeaseError::Payload(e.to_string()))?;
+    if lease.format != LEASE_FORMAT {
+        return Err(LeaseError::Format(lease.format));
+    }
+    if lease.device != device {
+        return Err(LeaseError::WrongDevice {
+            lease: lease.device,
+            this: device.to_string(),
+        });
+    }
+    if !pools.contains(&lease.pool.as_str()) {
+        return Err(LeaseError::UnknownPool(lease.pool));
+    }
+    if lease.valid_for_ms > MAX_VALID_FOR_MS {
+        return Err(LeaseError::TooLong {
+            pool: lease.pool,
+            valid_for_ms: lease.valid_for_ms,
+        });
+    }
+    Ok(lease)
 }
 
 /// Attributes the sessions beyond the non-pool cap (`beyond`) to pools in
@@ -336,6 +418,74 @@ mod tests {
             book.get("P1").unwrap().expires,
             later + Duration::from_millis(1500)
         );
+    }
+
+    fn remembered(pools: &[(&str, u64)]) -> Remembered {
+        Remembered {
+            pools: pools.iter().map(|(p, e)| (p.to_string(), *e)).collect(),
+        }
+    }
+
+    #[test]
+    fn remembered_epochs_refuse_older_and_replayed_leases() {
+        let t0 = Instant::now();
+        let mut book = LeaseBook::restore(&remembered(&[("P1", 5)]));
+        let cases = [
+            (4, Some("epoch 4, older than the accepted 5")),
+            (
+                5,
+                Some("repeats epoch 5, accepted before this gateway restarted"),
+            ),
+            (6, None),
+        ];
+        for (epoch, want) in cases {
+            let got = accept(&mut book, &lease("P1", 60, epoch), 1, t0);
+            match want {
+                None => assert_eq!(got, Ok(60), "epoch {epoch}"),
+                Some(text) => {
+                    let err = got.expect_err("refused");
+                    assert!(err.contains(text), "epoch {epoch}: {err:?} lacks {text:?}");
+                    assert_eq!(book.slice("P1", t0), None, "no slice before a fresh lease");
+                }
+            }
+        }
+        assert_eq!(book.remembered(), remembered(&[("P1", 6)]));
+    }
+
+    #[test]
+    fn remembered_pools_are_reported_without_a_slice() {
+        let t0 = Instant::now();
+        let book = LeaseBook::restore(&remembered(&[("P1", 5), ("P9", 3)]));
+        assert_eq!(book.pools().collect::<Vec<_>>(), ["P1", "P9"]);
+        assert!(book.slices(t0).is_empty(), "pooled part 0 after a restart");
+        assert_eq!(book.held_epoch("P1", t0), None);
+        assert_eq!(book.renew_at(t0), None);
+        assert_eq!(book.get("P1"), None);
+        assert_eq!(book.remembered(), remembered(&[("P1", 5), ("P9", 3)]));
+    }
+
+    #[test]
+    fn forget_removes_a_pool_from_what_is_remembered() {
+        let t0 = Instant::now();
+        let mut book = LeaseBook::restore(&remembered(&[("P9", 3)]));
+        accept(&mut book, &lease("P1", 60, 5), 1, t0).unwrap();
+        accept(&mut book, &lease("P2", 10, 7), 1, t0).unwrap();
+        assert_eq!(
+            book.remembered(),
+            remembered(&[("P1", 5), ("P2", 7), ("P9", 3)])
+        );
+        book.forget("P1");
+        book.forget("P9");
+        assert_eq!(book.remembered(), remembered(&[("P2", 7)]));
+        assert_eq!(book.pools().collect::<Vec<_>>(), ["P2"]);
+    }
+
+    #[test]
+    fn remembered_is_strict_json() {
+        let r: Remembered = serde_json::from_str(r#"{"pools":{"P1":5}}"#).unwrap();
+        assert_eq!(r, remembered(&[("P1", 5)]));
+        assert!(serde_json::from_str::<Remembered>(r#"{"pools":{},"x":1}"#).is_err());
+        assert!(serde_json::from_str::<Remembered>(r#"{"pools":{"P1":-1}}"#).is_err());
     }
 
     #[test]

@@ -269,3 +269,108 @@ fn three_gateways_share_a_150_seat_pool_and_never_oversubscribe_it() {
     assert!(m.samples > 100, "too few samples: {}", m.samples);
     drop(servers);
 }
+
+/// What the devcloud's allocator knows of `serial` in `pool` (None: not a
+/// member any more, forgotten).
+fn cloud_member(cloud: &DevCloud, pool: &str, serial: &str) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(cloud.path("pools.json")).ok()?;
+    let alloc: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let member = &alloc["pools"][pool]["members"][serial];
+    (!member.is_null()).then(|| member.clone())
+}
+
+/// The pools the gateway remembers in its state directory.
+fn remembered(gw: &Gateway) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(gw.path("state/pools.json")).ok()?;
+    serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .map(|v| v["pools"].clone())
+}
+
+#[test]
+fn a_gateway_restarted_after_a_share_undo_still_reports_its_draining_sessions() {
+    use std::os::unix::fs::PermissionsExt;
+    const B: &str = "ESG-PB";
+    const P: &str = "POOL-LIC-POOL";
+    let signer = Gateway::new(0);
+    let mut cloud = DevCloud::new(&signer, 3600);
+    cloud.run(&["device", "add", "ESG-PA", "--org", "ORG-T"]);
+    cloud.run(&["device", "add", B, "--org", "ORG-T"]);
+    cloud.run(&[
+        "license", "add", "LIC-POOL", "--device", "ESG-PA", "--seats", "150",
+    ]);
+    cloud.run(&["license", "share", "LIC-POOL", "--with", B]);
+    cloud.serve_args = vec!["--lease-ms".into(), "1500".into()];
+    cloud.start();
+
+    // B holds 2 built-in and 5 pool sessions.
+    let gw = pool_gateway(&cloud, B);
+    let sock = gw.socket();
+    let daemon = gw.start();
+    // (A freshly started cloud grants nothing beyond usage for one lease.)
+    wait_for("B to hold a slice of at least 5", LIMIT, || {
+        status(&sock).filter(|s| {
+            s.pools
+                .first()
+                .is_some_and(|p| p.lease_valid && p.id == P && p.slice >= 5)
+        })
+    });
+    let vpn = FakeServer::start();
+    for i in 0..BUILTIN + 5 {
+        let resp = call(&sock, &vpn.admit(&format!("s{i}"))).unwrap();
+        assert!(admitted(&resp), "session {i}: {resp:?}");
+    }
+    let epoch = wait_for("B to remember the pool and its epoch", LIMIT, || {
+        remembered(&gw).and_then(|p| p[P].as_u64())
+    });
+    let mode = std::fs::metadata(gw.path("state/pools.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o640);
+    assert!(epoch > 0);
+
+    // The share is undone: B's pooled part is 0, its sessions drain; the
+    // cloud keeps their seats held.
+    cloud.run(&["license", "unshare", "LIC-POOL", "--from", B]);
+    wait_for("B to lose the pool", LIMIT, || {
+        status(&sock).filter(|s| s.cap_total == BUILTIN && s.in_use == BUILTIN + 5)
+    });
+    wait_for("the cloud to see B leave with 5 held", LIMIT, || {
+        cloud_member(&cloud, P, B).filter(|m| m["member"] == false && m["reported"] == 5)
+    });
+
+    // B dies and comes back before its sessions end: it still knows the
+    // pool it left and keeps reporting it.
+    daemon.kill9();
+    let daemon = gw.start();
+    assert_eq!(daemon.status().in_use, BUILTIN + 5, "sessions survive");
+    assert_eq!(daemon.status().cap.pooled, 0, "no slice after a restart");
+    let resp = call(&sock, &Request::Release { key: "s0".into() }).unwrap();
+    assert!(matches!(resp, Response::Release(r) if r.released));
+    wait_for("the restarted B to report 4 pool sessions", LIMIT, || {
+        cloud_member(&cloud, P, B).filter(|m| m["reported"] == 4)
+    });
+    assert!(
+        remembered(&gw).is_some_and(|p| p[P].as_u64().is_some_and(|e| e >= epoch)),
+        "the pool stays remembered while it drains"
+    );
+
+    // Drained: the cloud frees the seats and B forgets the pool.
+    for i in 1..BUILTIN + 5 {
+        call(
+            &sock,
+            &Request::Release {
+                key: format!("s{i}"),
+            },
+        )
+        .unwrap();
+    }
+    wait_for("the cloud to forget B once drained", LIMIT, || {
+        cloud_member(&cloud, P, B).is_none().then_some(())
+    });
+    wait_for("B to forget the pool on disk", LIMIT, || {
+        remembered(&gw).filter(|p| p.as_object().is_some_and(|o| o.is_empty()))
+    });
+    drop(daemon);
+}
