@@ -1,7 +1,15 @@
 //! The engine's clock never goes backwards: setting the system clock back
 //! cannot revive an expired license.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
+
+/// `at + delta`, saturating at the end of representable time instead of
+/// panicking: instants come from signed but outside data (a license's
+/// terms, a stored high-water mark).
+pub fn later(at: DateTime<Utc>, delta: TimeDelta) -> DateTime<Utc> {
+    at.checked_add_signed(delta)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
 
 /// Effective now: the latest of the system clock, the highest instant seen and
 /// persisted before, and the newest accepted bundle's `issued_at`.
@@ -22,6 +30,16 @@ mod tests {
     use super::*;
     use crate::license::model::tests::{spc, t};
     use crate::license::Entitlement;
+
+    #[test]
+    fn later_saturates_instead_of_panicking() {
+        let max = DateTime::<Utc>::MAX_UTC;
+        assert_eq!(later(max, TimeDelta::days(1)), max);
+        assert_eq!(
+            later(t("2026-01-01T00:00:00Z"), TimeDelta::days(1)),
+            t("2026-01-02T00:00:00Z")
+        );
+    }
 
     #[test]
     fn takes_the_latest_instant() {

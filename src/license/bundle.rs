@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cap::Entitlement;
 use super::model::{partition, License, Rejected};
+use crate::clock::later;
 
 pub const FORMAT: u32 = 1;
 /// A bundle issued further ahead than this means the gateway clock (or the
@@ -170,7 +171,7 @@ impl Bundle {
                 last,
             });
         }
-        if self.issued_at > rules.now + Duration::minutes(MAX_FUTURE_SKEW_MINUTES) {
+        if self.issued_at > later(rules.now, Duration::minutes(MAX_FUTURE_SKEW_MINUTES)) {
             return Err(BundleError::FromTheFuture {
                 issued_at: self.issued_at,
                 now: rules.now,

@@ -5,6 +5,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
 use super::model::License;
+use crate::clock::later;
 
 /// A license activates by force this long after issue if nobody associated it.
 pub const FORCED_ACTIVATION_DAYS: i64 = 90;
@@ -47,7 +48,7 @@ impl License {
     /// When the license starts counting: the first of association or
     /// activation, and at the latest 90 days after issue.
     pub fn activation(&self) -> DateTime<Utc> {
-        let forced = self.issued_at + Duration::days(FORCED_ACTIVATION_DAYS);
+        let forced = later(self.issued_at, Duration::days(FORCED_ACTIVATION_DAYS));
         [self.activated_at, self.associated_at]
             .into_iter()
             .flatten()
@@ -57,7 +58,7 @@ impl License {
 
     /// The first instant the license no longer counts.
     pub fn expiry(&self) -> DateTime<Utc> {
-        self.activation() + Duration::days(i64::from(self.term_days))
+        later(self.activation(), Duration::days(i64::from(self.term_days)))
     }
 
     pub fn status(&self, now: DateTime<Utc>) -> Status {
@@ -69,7 +70,7 @@ impl License {
             return Status::Expired;
         }
         if let Some(assoc) = self.associated_at {
-            if now < assoc + Duration::days(MERGING_DAYS) {
+            if now < later(assoc, Duration::days(MERGING_DAYS)) {
                 return Status::Merging;
             }
         }

@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 
 /// A shared license must be larger than this to be shared at all.
 pub const MIN_SHARED_SEATS: u32 = 100;
+/// The longest term a license may state (100 years): anything longer is a
+/// data error, not a license.
+pub const MAX_TERM_DAYS: u32 = 36_500;
 /// At most this many gateways draw from one pool.
 pub const MAX_POOL_MEMBERS: usize = 3;
 
@@ -77,6 +80,8 @@ pub enum Rejection {
     NoSeats,
     #[error("has a term of 0 days")]
     NoTerm,
+    #[error("has a term of {0} days, more than the {MAX_TERM_DAYS} days any license may have")]
+    TermTooLong(u32),
     #[error("{field} ({at}) is before issued_at ({issued})")]
     BeforeIssue {
         field: &'static str,
@@ -136,6 +141,9 @@ impl License {
         }
         if self.term_days == 0 {
             return Err(Rejection::NoTerm);
+        }
+        if self.term_days > MAX_TERM_DAYS {
+            return Err(Rejection::TermTooLong(self.term_days));
         }
         for (field, at) in [
             ("associated_at", self.associated_at),
@@ -406,6 +414,22 @@ pub(crate) mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn an_absurd_term_is_refused_and_never_panics() {
+        let lic = License {
+            term_days: u32::MAX,
+            ..spc("L1", 20, 365, "2026-01-10T00:00:00Z")
+        };
+        let err = lic.validate("ESG-A1").unwrap_err().to_string();
+        assert!(
+            err.contains("term of 4294967295 days, more than the 36500"),
+            "{err}"
+        );
+        // Even unvalidated, the arithmetic saturates instead of panicking.
+        assert_eq!(lic.expiry(), DateTime::<Utc>::MAX_UTC);
+        assert_eq!(lic.seats_at(t("2030-01-01T00:00:00Z")), 20);
     }
 
     #[test]
