@@ -33,12 +33,45 @@ pub enum ClientError {
     Garbled { path: PathBuf, detail: String },
 }
 
+/// No call waits longer than this, whatever it is asked.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Connects within `timeout`. A plain connect() blocks for as long as the
+/// listen queue is full (a stalled daemon, or one restarting behind
+/// systemd's socket), and a hook must never hang its VPN server: Linux
+/// bounds a Unix-socket connect by the socket's send timeout.
+fn connect(path: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
+    use nix::sys::socket::{
+        self, sockopt::SendTimeout, AddressFamily, SockFlag, SockType, UnixAddr,
+    };
+    use nix::sys::time::{TimeVal, TimeValLike};
+    use std::os::fd::AsRawFd;
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let ms = i64::try_from(timeout.as_millis())
+        .unwrap_or(i64::MAX)
+        .max(1);
+    socket::setsockopt(&fd, SendTimeout, &TimeVal::milliseconds(ms))?;
+    socket::connect(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    Ok(UnixStream::from(fd))
+}
+
 /// Sends one request and reads its response, all within `timeout`.
 pub fn call(path: &Path, request: &Request, timeout: Duration) -> Result<Response, ClientError> {
+    let timeout = timeout.min(MAX_TIMEOUT);
     let deadline = Instant::now() + timeout;
     let p = || path.to_path_buf();
-    let stream =
-        UnixStream::connect(path).map_err(|source| ClientError::Connect { path: p(), source })?;
+    let stream = connect(path, timeout).map_err(|source| match source.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ClientError::Timeout {
+            path: p(),
+            ms: timeout.as_millis(),
+        },
+        _ => ClientError::Connect { path: p(), source },
+    })?;
     let left = || {
         deadline
             .saturating_duration_since(Instant::now())
@@ -71,4 +104,54 @@ pub fn call(path: &Path, request: &Request, timeout: Duration) -> Result<Respons
         path: p(),
         detail: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::socket::{
+        bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+    };
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn a_full_listen_queue_times_out_instead_of_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        bind(fd.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
+        listen(&fd, Backlog::new(0).unwrap()).unwrap();
+        // Nobody accepts: fill the queue until a connect would block.
+        let mut held = Vec::new();
+        while held.len() < 8 {
+            match connect(&path, Duration::from_millis(50)) {
+                Ok(s) => held.push(s),
+                Err(_) => break,
+            }
+        }
+        assert!(held.len() < 8, "the queue never filled");
+        let started = Instant::now();
+        let err = call(&path, &Request::Ping, Duration::from_millis(200)).unwrap_err();
+        assert!(matches!(err, ClientError::Timeout { .. }), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_silent_daemon_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let err = call(&path, &Request::Ping, Duration::from_millis(100)).unwrap_err();
+        assert!(matches!(err, ClientError::Timeout { .. }), "{err}");
+    }
 }
