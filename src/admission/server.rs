@@ -205,7 +205,14 @@ async fn connection(
                 false,
             ),
         };
-        if wr.write_all(&response.encode()).await.is_err() {
+        // A peer that stops reading must not hold its slot (or shutdown)
+        // forever: the answer goes out within the idle timeout or not at all.
+        let bytes = response.encode();
+        let written = tokio::select! {
+            _ = cancel.cancelled() => false,
+            r = tokio::time::timeout(ctx.idle_timeout, wr.write_all(&bytes)) => matches!(r, Ok(Ok(()))),
+        };
+        if !written {
             undo_unanswered_admit(&ctx, &line, &response);
             return;
         }

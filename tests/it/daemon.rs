@@ -485,3 +485,35 @@ fn cap_follows_the_timeline_on_time_without_a_restart() {
     let text = String::from_utf8_lossy(&gw.cli(&["status"]).stdout).into_owned();
     assert!(text.contains("RAN OUT"), "{text}");
 }
+
+#[test]
+fn a_peer_that_never_reads_loses_its_connection_not_the_daemon() {
+    let gw = Gateway::with_config(0, "idle_timeout_ms = 300\nmax_connections = 2");
+    let d = gw.start();
+    // Two peers pipeline pings and never read their answers: both slots busy.
+    let stuck: Vec<UnixStream> = (0..2)
+        .map(|_| {
+            let s = UnixStream::connect(&d.socket).unwrap();
+            s.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+            let mut w = s.try_clone().unwrap();
+            std::thread::spawn(move || {
+                let ping = b"{\"v\":1,\"op\":\"ping\"}\n".repeat(1000);
+                while w.write_all(&ping).is_ok() {}
+            });
+            s
+        })
+        .collect();
+    // Their answers cannot be written; within the idle timeout they are
+    // dropped and a third client is served again.
+    wait_for("a free connection slot", Duration::from_secs(5), || {
+        matches!(
+            seatgate::client::call(&d.socket, &Request::Ping, Duration::from_millis(500)),
+            Ok(Response::Pong(_))
+        )
+        .then_some(())
+    });
+    d.signal(Signal::SIGTERM);
+    let (status, _) = d.wait_exit(Duration::from_secs(5));
+    assert!(status.success(), "{status:?}");
+    drop(stuck);
+}
