@@ -22,6 +22,8 @@ pub struct Journal {
     dir: PathBuf,
     file: File,
     lines: usize,
+    /// Bytes in the journal file: where a failed write is cut back to.
+    len: u64,
 }
 
 impl Journal {
@@ -31,19 +33,22 @@ impl Journal {
         // Traversable: the socket usually lives here; the files are 0640.
         store::ensure_dir(dir, 0o755)?;
         let mut warnings = Vec::new();
-        let mut table = match store::read_optional(&dir.join(SNAPSHOT))? {
+        let mut table = match read_bytes(&dir.join(SNAPSHOT))? {
             None => Table::default(),
-            Some(text) => serde_json::from_str(&text).unwrap_or_else(|e| {
+            Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
                 warnings.push(format!(
                     "{SNAPSHOT} unreadable ({e}); starting from the journal alone"
                 ));
                 Table::default()
             }),
         };
-        if let Some(text) = store::read_optional(&dir.join(JOURNAL))? {
-            let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+        if let Some(bytes) = read_bytes(&dir.join(JOURNAL))? {
+            let lines: Vec<&[u8]> = bytes
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .collect();
             for (i, line) in lines.iter().enumerate() {
-                match serde_json::from_str::<Change>(line) {
+                match serde_json::from_slice::<Change>(line) {
                     Ok(change) => table.apply(&change, now),
                     // A torn last line was never acknowledged: its hook got no answer.
                     Err(_) if i + 1 == lines.len() => {
@@ -64,19 +69,31 @@ impl Journal {
             dir: dir.to_path_buf(),
             file,
             lines: 0,
+            len: 0,
         };
         journal.compact(&table)?;
         Ok((journal, table, warnings))
     }
 
     /// Appends one change; the caller answers only after this returned Ok.
+    /// A write that fails part-way (a full tmpfs) is cut back off, so the
+    /// next change never lands glued to a fragment that replay would skip.
     pub fn record(&mut self, change: &Change, table: &Table) -> io::Result<()> {
         let mut line = serde_json::to_vec(change).expect("changes always serialise");
         line.push(b'\n');
-        self.file.write_all(&line)?;
+        if let Err(e) = self.file.write_all(&line) {
+            let _ = self.file.set_len(self.len);
+            return Err(e);
+        }
+        self.len += line.len() as u64;
         self.lines += 1;
         if self.lines >= COMPACT_AFTER {
-            self.compact(table)?;
+            // The change is recorded whatever happens here; a failed
+            // compaction is retried after another stretch of changes.
+            if let Err(e) = self.compact(table) {
+                tracing::error!(error = %e, "cannot fold the session journal into a snapshot; the journal keeps growing");
+                self.lines = COMPACT_AFTER - COMPACT_AFTER / 10;
+            }
         }
         Ok(())
     }
@@ -89,7 +106,18 @@ impl Journal {
         store::write_atomic(&self.dir.join(SNAPSHOT), &text, 0o640)?;
         self.file.set_len(0)?;
         self.lines = 0;
+        self.len = 0;
         Ok(())
+    }
+}
+
+/// Reads a file that may not exist yet, as bytes: a damaged file is
+/// reported line by line, never refused whole for not being UTF-8.
+fn read_bytes(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -138,6 +166,39 @@ mod tests {
         assert_eq!(t2.in_use(), 2);
         assert!(t2.get("a").is_some() && t2.get("c").is_some() && t2.get("b").is_none());
         assert_eq!(t2.peak, 3);
+    }
+
+    #[test]
+    fn damaged_lines_and_bad_utf8_are_skipped_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, mut t, _) = Journal::open(dir.path(), now()).unwrap();
+        admit(&mut t, &mut j, "a");
+        drop(j);
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(JOURNAL))
+            .unwrap();
+        f.write_all(b"{\"admit\":\xff\xfe garbage\n").unwrap();
+        drop(f);
+        let (mut j, mut t, _) = Journal::open(dir.path(), now()).unwrap();
+        admit(&mut t, &mut j, "b");
+        drop(j);
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(JOURNAL))
+            .unwrap();
+        f.write_all(b"\xff\xfe not json\n").unwrap();
+        drop(f);
+        let (mut j, mut t2, w) = Journal::open(dir.path(), now()).unwrap();
+        assert_eq!(t2.in_use(), 2);
+        assert!(
+            w.iter().any(|w| w.contains("incomplete last line")),
+            "{w:?}"
+        );
+        admit(&mut t2, &mut j, "c");
+        drop(j);
+        let (_, t3, w) = Journal::open(dir.path(), now()).unwrap();
+        assert_eq!(t3.in_use(), 3, "{w:?}");
     }
 
     #[test]
