@@ -342,10 +342,18 @@ async fn reloader(
         .is_some()
     {
         sys::notify("RELOADING=1");
-        // Reload reads the state directory: first make sure it holds what
-        // is in force (a bundle the cloud just sent may not be written yet).
-        persist_licenses(&ctx, &config);
-        reload(&path, &config, &ctx);
+        // File reads, user lookups and fsyncs: off the single runtime
+        // thread. Reload reads the state directory, so first make sure it
+        // holds what is in force (a bundle the cloud just sent may not be
+        // written yet).
+        let (p, c, x) = (path.clone(), config.clone(), ctx.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            persist_licenses(&x, &c);
+            reload(&p, &c, &x);
+        });
+        if let Err(e) = done.await {
+            tracing::error!(error = %e, "the reload did not finish; the running config stays");
+        }
         reloaded.notify_one();
         sys::notify("READY=1");
     }

@@ -316,6 +316,17 @@ impl Seats {
         system: DateTime<Utc>,
     ) -> AdmitResponse {
         let cap = self.cap(system);
+        // The same key from another server process (a pid reused by a new
+        // worker before the old one's death was noticed) is a new session:
+        // the old one is over, and the new one must pass the cap itself.
+        if self
+            .table
+            .get(&req.key)
+            .is_some_and(|old| old.server != server)
+        {
+            tracing::warn!(key = %req.key, "session key seen again from another server process; the old session is over");
+            self.release(&req.key);
+        }
         let (decision, change) = self.table.admit(req, server, cap, system);
         let mut decision = decision;
         if let Some(change) = change {

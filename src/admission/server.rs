@@ -119,7 +119,8 @@ fn peer_of(stream: &UnixStream, policy: &Policy) -> Option<Peer> {
     let cred = stream.peer_cred().ok()?;
     let pid = cred.pid().unwrap_or(0);
     let groups = if policy.needs_groups() {
-        sys::supplementary_groups(pid)
+        // As recorded at connect; /proc only on kernels older than 4.13.
+        sys::peer_groups(stream).unwrap_or_else(|| sys::supplementary_groups(pid))
     } else {
         Vec::new()
     };

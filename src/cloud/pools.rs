@@ -92,7 +92,7 @@ pub async fn run(
         }
         cycle += 1;
         let span = tracing::info_span!("pools", cycle);
-        async {
+        let cycle_done = async {
             let sent = Instant::now();
             match http.post_pools(&reports).await {
                 Ok(leases) => {
@@ -120,8 +120,11 @@ pub async fn run(
                 }
             }
         }
-        .instrument(span)
-        .await;
+        .instrument(span);
+        // A request in flight must not hold up shutdown.
+        if cancel.run_until_cancelled(cycle_done).await.is_none() {
+            return;
+        }
         let now = Instant::now();
         let renew_at = ctx.seats().lease_renew_at(now);
         wait = next_wait(now, renew_at, failures, lease_len);

@@ -107,7 +107,7 @@ pub async fn run(
         };
         cycle += 1;
         let span = tracing::info_span!("sync", cycle, url = %cloud.url);
-        async {
+        let cycle_done = async {
             let result = sync_once(http, &ctx, &config, &mut etag, &persist).await;
             let outcome = match result {
                 Ok(()) => {
@@ -143,8 +143,11 @@ pub async fn run(
             }
             tracing::debug!(next_in_ms = wait.as_millis() as u64, "next sync attempt");
         }
-        .instrument(span)
-        .await;
+        .instrument(span);
+        // A request in flight must not hold up shutdown.
+        if cancel.run_until_cancelled(cycle_done).await.is_none() {
+            return;
+        }
         ctx.seats().set_cloud(Some(record.clone()));
     }
 }
