@@ -517,3 +517,18 @@ fn a_peer_that_never_reads_loses_its_connection_not_the_daemon() {
     assert!(status.success(), "{status:?}");
     drop(stuck);
 }
+
+#[test]
+fn a_key_seen_again_from_another_server_process_is_a_new_session() {
+    let gw = Gateway::new(0);
+    let d = gw.start();
+    let (old, new) = (FakeServer::start(), FakeServer::start());
+    assert!(admitted(&call(&d.socket, &old.admit("k")).unwrap()));
+    match call(&d.socket, &new.admit("k")).unwrap() {
+        // Not "again": the old session is over and the new one passed the cap.
+        Response::Admit(r) => assert!(r.admitted && !r.again && r.in_use == 1, "{r:?}"),
+        other => panic!("{other:?}"),
+    }
+    let st = d.status();
+    assert_eq!((st.in_use, st.sessions[0].server_pid), (1, new.pid()));
+}
