@@ -168,37 +168,30 @@ mod tests {
         assert_eq!(t2.peak, 3);
     }
 
+    fn append(dir: &Path, bytes: &[u8]) {
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.join(JOURNAL))
+            .unwrap();
+        f.write_all(bytes).unwrap();
+    }
+
     #[test]
-    fn damaged_lines_and_bad_utf8_are_skipped_not_fatal() {
+    fn a_damaged_line_with_bad_utf8_is_skipped_and_the_rest_replayed() {
         let dir = tempfile::tempdir().unwrap();
         let (mut j, mut t, _) = Journal::open(dir.path(), now()).unwrap();
         admit(&mut t, &mut j, "a");
-        drop(j);
-        let mut f = OpenOptions::new()
-            .append(true)
-            .open(dir.path().join(JOURNAL))
-            .unwrap();
-        f.write_all(b"{\"admit\":\xff\xfe garbage\n").unwrap();
-        drop(f);
-        let (mut j, mut t, _) = Journal::open(dir.path(), now()).unwrap();
         admit(&mut t, &mut j, "b");
+        let (_, release_b) = t.release("b").unwrap();
         drop(j);
-        let mut f = OpenOptions::new()
-            .append(true)
-            .open(dir.path().join(JOURNAL))
-            .unwrap();
-        f.write_all(b"\xff\xfe not json\n").unwrap();
-        drop(f);
-        let (mut j, mut t2, w) = Journal::open(dir.path(), now()).unwrap();
-        assert_eq!(t2.in_use(), 2);
-        assert!(
-            w.iter().any(|w| w.contains("incomplete last line")),
-            "{w:?}"
-        );
-        admit(&mut t2, &mut j, "c");
-        drop(j);
-        let (_, t3, w) = Journal::open(dir.path(), now()).unwrap();
-        assert_eq!(t3.in_use(), 3, "{w:?}");
+        append(dir.path(), b"{\"admit\":\xff\xfe garbage\n");
+        let mut line = serde_json::to_vec(&release_b).unwrap();
+        line.push(b'\n');
+        append(dir.path(), &line);
+        let (_, t2, w) = Journal::open(dir.path(), now()).unwrap();
+        assert_eq!(t2.in_use(), 1, "a kept, b released after the damaged line");
+        assert!(t2.get("a").is_some());
+        assert!(w.iter().any(|w| w.contains("line 3: unreadable")), "{w:?}");
     }
 
     #[test]
@@ -207,11 +200,7 @@ mod tests {
         let (mut j, mut t, _) = Journal::open(dir.path(), now()).unwrap();
         admit(&mut t, &mut j, "a");
         drop(j);
-        let mut f = OpenOptions::new()
-            .append(true)
-            .open(dir.path().join(JOURNAL))
-            .unwrap();
-        f.write_all(br#"{"admit":{"key":"half"#).unwrap();
+        append(dir.path(), br#"{"admit":{"key":"half"#);
         let (_, t2, w) = Journal::open(dir.path(), now()).unwrap();
         assert_eq!(t2.in_use(), 1);
         assert!(w[0].contains("incomplete last line"), "{w:?}");
