@@ -114,25 +114,25 @@ fn when(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
 
 /// The cloud lines of `seatgate status`.
 fn render_cloud(c: &CloudStatus, now: DateTime<Utc>) -> String {
-    let mut out = format!("cloud: {}\n", c.url);
-    let synced = c.last_success.map_or("never".into(), |t| when(t, now));
+    let mut out = format!("cloud: {}\n", c.sync.url);
+    let synced = c.sync.last_success.map_or("never".into(), |t| when(t, now));
     out.push_str(&format!("  last sync: {synced}\n"));
-    if let Some(e) = &c.last_error {
+    if let Some(e) = &c.sync.last_error {
         out.push_str(&format!(
             "  LAST ATTEMPT FAILED ({}; {} in a row) at {}: {}\n",
             e.kind.label(),
-            c.failures,
+            c.sync.failures,
             when(e.at, now),
             e.message
         ));
     }
-    if let Some(t) = c.next_attempt {
+    if let Some(t) = c.sync.next_attempt {
         out.push_str(&format!("  next attempt: {}\n", when(t, now)));
     }
     if let Some(t) = c.bundle_not_after {
         out.push_str(&format!("  bundle runs out: {}\n", when(t, now)));
     }
-    if let Some(t) = c.last_report {
+    if let Some(t) = c.sync.last_report {
         out.push_str(&format!("  usage reported: {}\n", when(t, now)));
     }
     if let Some(a) = &c.alarm {

@@ -73,7 +73,7 @@ pub struct LastError {
 }
 
 /// What the sync loop knows; kept beside the seats for status.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncRecord {
     pub url: String,
     pub last_success: Option<DateTime<Utc>>,
@@ -169,13 +169,9 @@ fn fraction(d: Duration, random: u64) -> Duration {
 /// The cloud part of status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CloudStatus {
-    pub url: String,
-    pub last_success: Option<DateTime<Utc>>,
-    pub last_attempt: Option<DateTime<Utc>>,
-    pub last_error: Option<LastError>,
-    pub failures: u32,
-    pub next_attempt: Option<DateTime<Utc>>,
-    pub last_report: Option<DateTime<Utc>>,
+    /// The sync loop's record, its fields at the top level of the JSON.
+    #[serde(flatten)]
+    pub sync: SyncRecord,
     /// When the bundle in force runs out (then only built-in seats count).
     pub bundle_not_after: Option<DateTime<Utc>>,
     /// Set when the last attempt failed: what that means for the seats.
@@ -202,13 +198,7 @@ impl CloudStatus {
         now: DateTime<Utc>,
     ) -> Self {
         CloudStatus {
-            url: record.url.clone(),
-            last_success: record.last_success,
-            last_attempt: record.last_attempt,
-            last_error: record.last_error.clone(),
-            failures: record.failures,
-            next_attempt: record.next_attempt,
-            last_report: record.last_report,
+            sync: record.clone(),
             bundle_not_after: not_after,
             alarm: record
                 .last_error

@@ -170,7 +170,7 @@ fn synced(d: &Daemon) -> Status {
         let s = d.status();
         s.cloud
             .as_ref()
-            .is_some_and(|c| c.last_success.is_some() && c.last_error.is_none())
+            .is_some_and(|c| c.sync.last_success.is_some() && c.sync.last_error.is_none())
             .then_some(s)
     })
 }
@@ -183,7 +183,7 @@ fn failed_with(d: &Daemon, kind: FailureKind, needle: &str) -> Status {
             let s = d.status();
             s.cloud
                 .as_ref()
-                .and_then(|c| c.last_error.as_ref())
+                .and_then(|c| c.sync.last_error.as_ref())
                 .is_some_and(|e| e.kind == kind && e.message.contains(needle))
                 .then_some(s)
         },
@@ -420,7 +420,7 @@ fn wrong_server_ca_or_unknown_client_certificate_means_no_sync_and_a_clear_statu
         let s = failed_with(d, *kind, why);
         assert_eq!(s.cap_total, 2, "{name}: nothing synced");
         let c = s.cloud.unwrap();
-        assert!(c.last_success.is_none(), "{name}");
+        assert!(c.sync.last_success.is_none(), "{name}");
         assert_eq!(c.alarm.unwrap().severity, Severity::Error, "{name}");
         let text = String::from_utf8(gw.cli(&["status"]).stdout).unwrap();
         assert!(
