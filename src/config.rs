@@ -713,6 +713,20 @@ mod tests {
     }
 
     #[test]
+    fn the_commented_cloud_example_in_the_shipped_config_is_valid() {
+        let shipped = include_str!("../config/seatgate.toml");
+        let start = shipped.find("# [cloud]").expect("example present");
+        let example: String = shipped[start..]
+            .lines()
+            .take_while(|l| !l.is_empty())
+            .map(|l| format!("{}\n", l.trim_start_matches("# ")))
+            .collect();
+        let c = parse(&format!("{shipped}{example}"), Path::new("/etc/seatgate")).unwrap();
+        let cloud = c.cloud.expect("the example configures cloud sync");
+        assert_eq!(cloud.poll_interval, Duration::from_secs(900));
+    }
+
+    #[test]
     fn reconcile_problems_name_the_entry_and_key() {
         let cases: &[(&str, &[&str])] = &[
             ("", &["reconcile[0].kind"]),
