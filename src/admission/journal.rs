@@ -33,7 +33,7 @@ impl Journal {
         // Traversable: the socket usually lives here; the files are 0640.
         store::ensure_dir(dir, 0o755)?;
         let mut warnings = Vec::new();
-        let mut table = match read_bytes(&dir.join(SNAPSHOT))? {
+        let mut table = match store::read_optional_bytes(&dir.join(SNAPSHOT))? {
             None => Table::default(),
             Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
                 warnings.push(format!(
@@ -42,7 +42,7 @@ impl Journal {
                 Table::default()
             }),
         };
-        if let Some(bytes) = read_bytes(&dir.join(JOURNAL))? {
+        if let Some(bytes) = store::read_optional_bytes(&dir.join(JOURNAL))? {
             let lines: Vec<&[u8]> = bytes
                 .split(|b| *b == b'\n')
                 .filter(|l| !l.is_empty())
@@ -108,16 +108,6 @@ impl Journal {
         self.lines = 0;
         self.len = 0;
         Ok(())
-    }
-}
-
-/// Reads a file that may not exist yet, as bytes: a damaged file is
-/// reported line by line, never refused whole for not being UTF-8.
-fn read_bytes(path: &Path) -> io::Result<Option<Vec<u8>>> {
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
     }
 }
 
