@@ -8,13 +8,13 @@ use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 
+use crate::admission::client;
 use crate::admission::protocol::{Request, Response};
-use crate::client;
 use crate::config;
 use crate::hook;
-use crate::license::bundle::{self, Bundle, SignedBundle};
-use crate::licensing;
-use crate::report::LicenseReport;
+use crate::license::bundle::{self, Bundle, Signed};
+use crate::license::disk;
+use crate::license::report::LicenseReport;
 use crate::store;
 
 #[derive(Parser)]
@@ -230,7 +230,11 @@ const OPERATOR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 fn status(socket: &Path, json: bool) -> Result<ExitCode> {
     match client::call(socket, &Request::Status, OPERATOR_TIMEOUT)? {
         Response::Status(s) if json => println!("{}", serde_json::to_string_pretty(&s.status)?),
-        Response::Status(s) => print!("{}", s.status.render_text()),
+        Response::Status(s) => {
+            let status: crate::status::Status = serde_json::from_value(s.status)
+                .with_context(|| format!("{}: the status answer is not one this seatgate reads (a different version?)", socket.display()))?;
+            print!("{}", status.render_text())
+        }
         Response::Error(e) => bail!("{}: {}", socket.display(), e.error.message),
         other => bail!("{}: unexpected answer {other:?}", socket.display()),
     }
@@ -273,7 +277,12 @@ fn check_config(flag: Option<&Path>) -> Result<ExitCode> {
 
 fn licenses(flag: Option<&Path>, at: Option<DateTime<Utc>>, json: bool) -> Result<ExitCode> {
     let config = config::load(&config::locate(flag))?;
-    let lic = licensing::load(&config, Utc::now());
+    let lic = disk::load(
+        &config.state_dir,
+        config.bundle_file.as_deref(),
+        &config.license_rules(),
+        Utc::now(),
+    );
     let at = at.unwrap_or_else(|| lic.now(Utc::now()));
     let report = LicenseReport::build(&config.device, &lic, at);
     if json {
@@ -360,7 +369,7 @@ fn bundle_cmd(cmd: BundleCmd) -> Result<ExitCode> {
                 }
             };
             let signed =
-                SignedBundle::parse(&read(&input)?).with_context(|| input.display().to_string())?;
+                Signed::parse(&read(&input)?).with_context(|| input.display().to_string())?;
             let b = signed
                 .verify(&keys)
                 .with_context(|| input.display().to_string())?;

@@ -8,6 +8,8 @@ use ed25519_dalek::VerifyingKey;
 use serde::Deserialize;
 
 use crate::license::bundle::parse_public_key;
+use crate::license::in_force::Rules;
+use crate::sys::users;
 
 pub const DEFAULT_PATH: &str = "/etc/seatgate/seatgate.toml";
 pub const DEFAULT_SOCKET: &str = "/run/seatgate/seatgate.sock";
@@ -591,11 +593,133 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     if let Some(socket) = std::env::var_os("SEATGATE_SOCKET") {
         config.socket = socket.into();
     }
-    let problems = crate::sys::check_config_on_host(&config);
+    let problems = check_config_on_host(&config);
     if problems.is_empty() {
         Ok(config)
     } else {
         Err(invalid(problems))
+    }
+}
+
+/// Checks what only the host can tell about a config: the bundle file is
+/// there, the named users and groups exist.
+pub fn check_config_on_host(config: &Config) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    if let Some(path) = &config.bundle_file {
+        if !path.is_file() {
+            problems.push(Problem {
+                key: "license.bundle_file".into(),
+                message: format!(
+                    "{} does not exist; point it at a signed bundle or remove the key",
+                    path.display()
+                ),
+            });
+        }
+    }
+    if let Some(cloud) = &config.cloud {
+        problems.extend(check_cloud_files(cloud));
+    }
+    let a = &config.admission;
+    for (i, name) in a.vpn_users.iter().enumerate() {
+        if users::uid_of(name).is_none() {
+            problems.push(Problem {
+                key: format!("admission.vpn_users[{i}]"),
+                message: format!("no user {name:?} on this host; name the user your VPN server runs its scripts as"),
+            });
+        }
+    }
+    let groups = [
+        ("admission.vpn_groups", &a.vpn_groups),
+        ("admission.operator_groups", &a.operator_groups),
+    ];
+    for (key, list) in groups {
+        for (i, name) in list.iter().enumerate() {
+            if users::gid_of(name).is_none() {
+                problems.push(Problem {
+                    key: format!("{key}[{i}]"),
+                    message: format!("no group {name:?} on this host; create it or remove it"),
+                });
+            }
+        }
+    }
+    if let Some(name) = &a.socket_group {
+        if users::gid_of(name).is_none() {
+            problems.push(Problem {
+                key: "admission.socket_group".into(),
+                message: format!("no group {name:?} on this host; create it or remove the key"),
+            });
+        }
+    }
+    for (i, r) in config.reconcile.iter().enumerate() {
+        if let Source::Ocserv { occtl, .. } = &r.source {
+            if !occtl.is_file() {
+                problems.push(Problem {
+                    key: format!("reconcile[{i}].occtl"),
+                    message: format!(
+                        "{} does not exist; install ocserv (it ships occtl) or point occtl at it",
+                        occtl.display()
+                    ),
+                });
+            }
+        }
+    }
+    problems
+}
+
+/// The cloud's files exist, and the client key is not readable by everyone.
+fn check_cloud_files(cloud: &Cloud) -> Vec<Problem> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut problems = Vec::new();
+    let files = [
+        (
+            "cloud.ca_file",
+            &cloud.ca_file,
+            "the cloud's CA certificate (PEM)",
+        ),
+        (
+            "cloud.client_cert",
+            &cloud.client_cert,
+            "this gateway's client certificate (PEM)",
+        ),
+        (
+            "cloud.client_key",
+            &cloud.client_key,
+            "the client certificate's private key (PEM)",
+        ),
+    ];
+    for (key, path, what) in files {
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_file() => {
+                if key == "cloud.client_key" && m.permissions().mode() & 0o004 != 0 {
+                    problems.push(Problem {
+                        key: key.into(),
+                        message: format!(
+                            "{} is readable by every user; chmod 600 it (owned by the daemon's user)",
+                            path.display()
+                        ),
+                    });
+                }
+            }
+            _ => problems.push(Problem {
+                key: key.into(),
+                message: format!(
+                    "{} does not exist or is not a file; install {what} there",
+                    path.display()
+                ),
+            }),
+        }
+    }
+    problems
+}
+
+impl Config {
+    /// The licensing rules this config sets.
+    pub fn license_rules(&self) -> Rules {
+        Rules {
+            device: self.device.clone(),
+            trusted_keys: self.trusted_keys.clone(),
+            builtin: self.builtin_seats,
+        }
     }
 }
 

@@ -32,17 +32,14 @@
 
 pub mod admission;
 pub mod cli;
-pub mod client;
-pub mod clock;
 pub mod cloud;
 pub mod config;
 pub mod daemon;
 pub mod hook;
 pub mod license;
-pub mod licensing;
 pub mod logging;
 pub mod reconcile;
-pub mod report;
 pub mod status;
 pub mod store;
 pub mod sys;
+pub mod text;

@@ -10,9 +10,10 @@ use crate::admission::protocol::ServerKind;
 use crate::admission::table::Table;
 use crate::cloud::policy::{human, CloudStatus, Severity, SyncRecord};
 use crate::license::cap::describe_timeline;
+use crate::license::in_force::Licenses;
+use crate::license::report::BundleInfo;
 use crate::license::{Cap, Step};
-use crate::licensing::Licenses;
-use crate::report::BundleInfo;
+use crate::text::shown;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
@@ -43,6 +44,19 @@ pub struct Status {
     #[serde(default)]
     pub pools: Vec<PoolStatus>,
     pub sessions: Vec<SessionInfo>,
+    /// Background rounds finished since the daemon started.
+    #[serde(default)]
+    pub rounds: Rounds,
+}
+
+/// How many rounds each background duty has finished: proof that the
+/// daemon looked (a test, or an operator, can wait for the next one).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rounds {
+    /// Checks of the VPN server processes sessions live in.
+    pub reap: u64,
+    /// Reconciliations with the VPN servers' own lists (any outcome).
+    pub reconcile: u64,
 }
 
 /// One shared pool as this gateway sees it.
@@ -198,6 +212,7 @@ impl Status {
             cloud: cloud.map(|r| CloudStatus::build(r, lic.bundle().map(|b| b.not_after), now)),
             pools,
             sessions,
+            rounds: Rounds::default(),
         }
     }
 
@@ -265,12 +280,12 @@ impl Status {
             for s in &self.sessions {
                 out.push_str(&format!(
                     "{:<20} {:<18} {:<8} {:>8}  {:<20} {}\n",
-                    s.user,
-                    s.remote,
+                    shown(&s.user),
+                    shown(&s.remote),
                     format!("{:?}", s.server).to_lowercase(),
                     s.server_pid,
                     s.since.format("%Y-%m-%d %H:%M:%S"),
-                    s.key
+                    shown(&s.key)
                 ));
             }
         }

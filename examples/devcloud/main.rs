@@ -42,7 +42,7 @@ use tokio::net::TcpListener;
 
 use seatgate::cloud::wire::{PoolReport, UsageReport};
 use seatgate::license::bundle::{
-    encode_public_key, encode_secret_key, parse_secret_key, sign, Bundle, SignedBundle, FORMAT,
+    encode_public_key, encode_secret_key, parse_secret_key, sign, Bundle, Signed, FORMAT,
 };
 use seatgate::license::lease::{sign_lease, Lease, LEASE_FORMAT};
 use seatgate::license::model::{MAX_POOL_MEMBERS, MIN_SHARED_SEATS};
@@ -676,7 +676,7 @@ fn grant_slices(
     pools: &Mutex<Pools>,
     serial: &str,
     reports: &[PoolReport],
-) -> Result<Vec<SignedBundle>> {
+) -> Result<Vec<Signed>> {
     let key = parse_secret_key(&std::fs::read_to_string(dir.join("signing.key"))?)?;
     let now = Utc::now();
     let mut p = pools.lock().unwrap_or_else(|e| e.into_inner());
@@ -711,7 +711,7 @@ fn grant_slices(
 }
 
 /// Applies a device's fault to its bundle.
-fn faulty(bundle: Bundle, fault: Fault, key: &SigningKey) -> SignedBundle {
+fn faulty(bundle: Bundle, fault: Fault, key: &SigningKey) -> Signed {
     let extra = |mut b: Bundle| {
         b.licenses.push(License {
             id: "LIC-FAULT".into(),
@@ -733,7 +733,7 @@ fn faulty(bundle: Bundle, fault: Fault, key: &SigningKey) -> SignedBundle {
         Fault::Tamper => {
             let good = sign(&bundle, key);
             let altered = sign(&extra(bundle), key);
-            SignedBundle {
+            Signed {
                 payload: altered.payload,
                 signature: good.signature,
             }

@@ -135,6 +135,7 @@ mod tests {
             kind: ServerKind::Ocserv,
             pid: 1,
             start_ticks: 1,
+            ns_pid: 1,
         };
         let (_, change) = t.admit(&req, server, 100, now());
         j.record(&change.unwrap(), t).unwrap();

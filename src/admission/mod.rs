@@ -4,6 +4,7 @@
 //! rights (`access`, pure) and the Unix-socket server (`server`).
 
 pub mod access;
+pub mod client;
 pub mod journal;
 pub mod protocol;
 pub mod seats;

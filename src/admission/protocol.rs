@@ -4,8 +4,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::status::Status;
-
 pub const VERSION: u32 = 1;
 /// The longest request line accepted, newline included. Checked before
 /// buffering more, so a peer cannot make the daemon allocate beyond it.
@@ -81,9 +79,14 @@ pub enum DenyReason {
     UnknownServer,
     /// The daemon could not record the session (its runtime directory failed).
     Internal,
+    /// The key is held by another VPN server process that is still running.
+    KeyHeld,
+    /// The request did not come from a process of the VPN server it names
+    /// (the kernel's view of the caller and its ancestors decides).
+    NotYourServer,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Response {
     Admit(AdmitResponse),
@@ -116,10 +119,13 @@ pub struct ReleaseResponse {
     pub in_use: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The status travels as JSON the codec does not interpret (its shape is
+/// `status::Status`, a layer above): the daemon renders it once for every
+/// reader, clients decode it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusResponse {
     pub ok: bool,
-    pub status: Status,
+    pub status: serde_json::Value,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,129 +1,197 @@
-//! The Unix-socket server: accepts connections up to a cap, checks each
-//! peer's credentials, reads one request per line (bounded length, idle
-//! timeout) and writes one response per line. Handlers return a Response;
-//! only the connection loop writes.
+//! The Unix-socket server: accepts every connection at once, learns each
+//! peer's credentials from the kernel, and gives it a slot of its class:
+//! peers that may admit (the VPN servers' hooks) have their own slots, so
+//! no other local user can crowd them out; everyone else shares a smaller
+//! pool with a cap per uid. A peer with no slot free is told `busy` and
+//! closed at once. Reads one request per line (bounded length, idle
+//! timeout), asks the `Service` for the answer and writes it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use chrono::Utc;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::access::{Peer, Policy, Rights};
-use super::protocol::{
-    self, DenyReason, ErrorCode, PongResponse, Request, Response, StatusResponse, MAX_LINE,
-};
-use super::seats::Seats;
-use super::table::ServerId;
+use super::access::{Peer, Rights};
+use super::protocol::{ErrorCode, Response, MAX_LINE};
 use crate::sys;
 
-/// What every connection shares.
-pub struct Ctx {
-    pub seats: Mutex<Seats>,
-    pub policy: Mutex<Policy>,
-    pub idle_timeout: Duration,
-    pub start_times: StartTimes,
+/// An answer's bytes: its own, or one rendering shared by many readers.
+#[derive(Debug, Clone)]
+pub enum Bytes {
+    Owned(Vec<u8>),
+    Shared(Arc<[u8]>),
 }
 
-/// VPN server start times, remembered for a second so a burst of hook
-/// calls from one live server costs one /proc read. A pid that died and was
-/// reused within that second by another VPN server would have its new
-/// sessions filed under the dead one and freed by the next liveness check:
-/// never more seats than the cap, and not worth a /proc read per admission.
-#[derive(Default)]
-pub struct StartTimes(Mutex<HashMap<u32, (u64, Instant)>>);
+impl AsRef<[u8]> for Bytes {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Bytes::Owned(v) => v,
+            Bytes::Shared(a) => a,
+        }
+    }
+}
 
-const START_TIME_TTL: Duration = Duration::from_secs(1);
+/// One admission instance to undo if its answer cannot be delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undo {
+    pub key: String,
+    pub instance: u64,
+}
 
-impl StartTimes {
-    pub fn get(&self, pid: u32) -> Option<u64> {
-        let now = Instant::now();
-        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((ticks, at)) = cache.get(&pid) {
-            if now.duration_since(*at) < START_TIME_TTL {
-                return Some(*ticks);
+/// The answer to one request line.
+#[derive(Debug)]
+pub struct Reply {
+    pub bytes: Bytes,
+    /// Set for an admission not yet delivered to anyone: a hook that
+    /// cannot be answered has already given up and refused its client, so
+    /// nothing would ever release the seat.
+    pub undo: Option<Undo>,
+}
+
+/// What the server asks of the daemon.
+pub trait Service: Send + Sync + 'static {
+    /// What a peer may do.
+    fn rights(&self, peer: &Peer) -> Rights;
+    /// Answers one request line. Never panics on input.
+    fn handle(&self, peer: &Peer, rights: Rights, line: &[u8]) -> Reply;
+    /// Whether the answer carrying `undo` reached the peer's socket.
+    fn delivered(&self, undo: Undo, ok: bool);
+}
+
+/// Connection limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Slots for peers that may admit and release (VPN server hooks).
+    pub hooks: usize,
+    /// Slots shared by every other peer (operators, status readers, strangers).
+    pub others: usize,
+    /// Of those, the most one uid may hold.
+    pub per_uid: usize,
+    /// A connection idle this long, or not reading its answer, is closed.
+    pub idle: Duration,
+}
+
+/// Slots by class, taken without waiting.
+struct Slots {
+    hooks: Arc<Semaphore>,
+    others: Arc<Semaphore>,
+    by_uid: Mutex<HashMap<u32, usize>>,
+    per_uid: usize,
+}
+
+/// A slot held for one connection; frees itself when dropped.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    uid: Option<(Arc<Slots>, u32)>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some((slots, uid)) = &self.uid {
+            let mut by_uid = slots.by_uid.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = by_uid.get_mut(uid) {
+                *n -= 1;
+                if *n == 0 {
+                    by_uid.remove(uid);
+                }
             }
         }
-        let ticks = sys::process_start_ticks(pid)?;
-        if cache.len() >= 1024 {
-            cache.retain(|_, (_, at)| now.duration_since(*at) < START_TIME_TTL);
+    }
+}
+
+impl Slots {
+    fn take(self: &Arc<Self>, peer: &Peer, rights: Rights) -> Option<Slot> {
+        if rights.seats {
+            let permit = self.hooks.clone().try_acquire_owned().ok()?;
+            return Some(Slot {
+                _permit: permit,
+                uid: None,
+            });
         }
-        cache.insert(pid, (ticks, now));
-        Some(ticks)
+        let mut by_uid = self.by_uid.lock().unwrap_or_else(|p| p.into_inner());
+        let held = by_uid.entry(peer.uid).or_default();
+        if *held >= self.per_uid {
+            return None;
+        }
+        let permit = self.others.clone().try_acquire_owned().ok()?;
+        *held += 1;
+        Some(Slot {
+            _permit: permit,
+            uid: Some((self.clone(), peer.uid)),
+        })
     }
 }
 
-impl Ctx {
-    /// Locks the seats. A panic while holding the lock cannot leave the table
-    /// half-changed (every change is one map operation), so a poisoned lock
-    /// is taken over rather than taking the daemon down.
-    pub fn seats(&self) -> std::sync::MutexGuard<'_, Seats> {
-        self.seats.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn policy(&self) -> Policy {
-        self.policy
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-}
-
-/// Serves until `cancel` fires. At most `max_connections` at once; further
-/// peers wait in the listen queue.
-pub async fn serve(
+/// Serves until `cancel` fires.
+pub async fn serve<S: Service>(
     listener: UnixListener,
-    ctx: Arc<Ctx>,
-    max_connections: usize,
+    service: Arc<S>,
+    limits: Limits,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let slots = Arc::new(Semaphore::new(max_connections));
+    let slots = Arc::new(Slots {
+        hooks: Arc::new(Semaphore::new(limits.hooks)),
+        others: Arc::new(Semaphore::new(limits.others)),
+        by_uid: Mutex::new(HashMap::new()),
+        per_uid: limits.per_uid,
+    });
     loop {
-        let permit = tokio::select! {
-            _ = cancel.cancelled() => break,
-            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-        };
         let stream = tokio::select! {
             _ = cancel.cancelled() => break,
             r = listener.accept() => match r {
                 Ok((stream, _)) => stream,
                 Err(e) => {
+                    // Out of file descriptors, most likely: give the
+                    // connections being served a moment to end.
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
-        let (ctx, cancel) = (ctx.clone(), cancel.clone());
-        tracker.spawn(async move {
-            let peer = peer_of(&stream, &ctx.policy());
-            let span = tracing::debug_span!(
-                "conn",
-                uid = peer.as_ref().map_or(-1, |p| p.uid as i64),
-                pid = peer.as_ref().map_or(-1, |p| p.pid)
-            );
-            connection(stream, peer, ctx, cancel).instrument(span).await;
-            drop(permit);
-        });
+        let Some(peer) = peer_of(&stream) else {
+            continue;
+        };
+        let rights = service.rights(&peer);
+        let Some(slot) = slots.take(&peer, rights) else {
+            refuse_busy(stream);
+            continue;
+        };
+        let (service, cancel) = (service.clone(), cancel.clone());
+        let span = tracing::debug_span!("conn", uid = peer.uid, pid = peer.pid);
+        tracker.spawn(
+            async move {
+                connection(stream, peer, rights, &*service, limits.idle, cancel).await;
+                drop(slot);
+            }
+            .instrument(span),
+        );
     }
 }
 
-fn peer_of(stream: &UnixStream, policy: &Policy) -> Option<Peer> {
+/// Tells a peer without a free slot why, without waiting for it.
+fn refuse_busy(stream: UnixStream) {
+    let bytes = Response::error(
+        ErrorCode::Busy,
+        "too many connections from this user or class; try again",
+    )
+    .encode();
+    let _ = stream.try_write(&bytes);
+}
+
+fn peer_of(stream: &UnixStream) -> Option<Peer> {
     let cred = stream.peer_cred().ok()?;
     let pid = cred.pid().unwrap_or(0);
-    let groups = if policy.needs_groups() {
-        // As recorded at connect; /proc only on kernels older than 4.13.
-        sys::peer_groups(stream).unwrap_or_else(|| sys::supplementary_groups(pid))
-    } else {
-        Vec::new()
-    };
+    // As recorded at connect; /proc only on kernels older than 4.13.
+    let groups =
+        sys::peer::peer_groups(stream).unwrap_or_else(|| sys::peer::supplementary_groups(pid));
     Some(Peer {
         uid: cred.uid(),
         gid: cred.gid(),
@@ -168,39 +236,38 @@ pub async fn read_line_limited<R: AsyncBufRead + Unpin>(
     }
 }
 
-async fn connection(
+async fn connection<S: Service>(
     stream: UnixStream,
-    peer: Option<Peer>,
-    ctx: Arc<Ctx>,
+    peer: Peer,
+    rights: Rights,
+    service: &S,
+    idle: Duration,
     cancel: CancellationToken,
 ) {
-    let rights = peer
-        .as_ref()
-        .map_or(Rights::default(), |p| ctx.policy().rights(p));
     let (rd, mut wr) = stream.into_split();
     let mut reader = BufReader::with_capacity(MAX_LINE, rd);
     let mut line = Vec::with_capacity(256);
     loop {
         let read = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = tokio::time::timeout(ctx.idle_timeout, read_line_limited(&mut reader, &mut line)) => r,
+            r = tokio::time::timeout(idle, read_line_limited(&mut reader, &mut line)) => r,
         };
-        let (response, keep_going) = match read {
-            Ok(Ok(LineRead::Line)) => (handle(&ctx, rights, &line), true),
+        let (reply, keep_going) = match read {
+            Ok(Ok(LineRead::Line)) => (service.handle(&peer, rights, &line), true),
             Ok(Ok(LineRead::Eof)) | Ok(Err(_)) => return,
             Ok(Ok(LineRead::TooLong)) => (
-                Response::error(
+                framing_error(
                     ErrorCode::LineTooLong,
                     format!("request line longer than {MAX_LINE} bytes; closing"),
                 ),
                 false,
             ),
             Err(_) => (
-                Response::error(
+                framing_error(
                     ErrorCode::Timeout,
                     format!(
                         "no complete request line within {} ms; closing",
-                        ctx.idle_timeout.as_millis()
+                        idle.as_millis()
                     ),
                 ),
                 false,
@@ -208,13 +275,14 @@ async fn connection(
         };
         // A peer that stops reading must not hold its slot (or shutdown)
         // forever: the answer goes out within the idle timeout or not at all.
-        let bytes = response.encode();
         let written = tokio::select! {
             _ = cancel.cancelled() => false,
-            r = tokio::time::timeout(ctx.idle_timeout, wr.write_all(&bytes)) => matches!(r, Ok(Ok(()))),
+            r = tokio::time::timeout(idle, wr.write_all(reply.bytes.as_ref())) => matches!(r, Ok(Ok(()))),
         };
+        if let Some(undo) = reply.undo {
+            service.delivered(undo, written);
+        }
         if !written {
-            undo_unanswered_admit(&ctx, &line, &response);
             return;
         }
         if !keep_going {
@@ -231,66 +299,9 @@ async fn connection(
     }
 }
 
-/// A hook whose answer cannot be delivered has given up (its deadline
-/// passed and it exited) and told its VPN server "rejected"; nothing would
-/// ever release a seat admitted for it, so the admission is undone. Seen on
-/// a real OpenVPN server with a stalled daemon: the queued admit was served
-/// after the hook had already refused the client.
-fn undo_unanswered_admit(ctx: &Ctx, line: &[u8], response: &Response) {
-    let Response::Admit(answer) = response else {
-        return;
-    };
-    if !answer.admitted || answer.again {
-        return;
-    }
-    if let Ok(Request::Admit(req)) = protocol::decode(line) {
-        tracing::warn!(key = %req.key, "the hook left before its admission could be answered (past its deadline); seat released");
-        ctx.seats().release(&req.key);
-    }
-}
-
-/// Decides one request line. Never panics on input.
-pub fn handle(ctx: &Ctx, rights: Rights, line: &[u8]) -> Response {
-    let request = match protocol::decode(line) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
-    let forbidden = |what: &str| {
-        Response::error(
-            ErrorCode::Forbidden,
-            format!("this user may not {what}; see [admission] in the seatgate config"),
-        )
-    };
-    match request {
-        Request::Ping => Response::Pong(PongResponse {
-            ok: true,
-            pong: true,
-            version: env!("CARGO_PKG_VERSION").into(),
-        }),
-        Request::Admit(_) | Request::Release { .. } if !rights.seats => {
-            forbidden("admit or release sessions")
-        }
-        Request::Status if !rights.read => forbidden("read status"),
-        Request::Evict { .. } if !rights.operate => forbidden("evict sessions"),
-        Request::Admit(req) => {
-            let now = Utc::now();
-            // Read /proc outside the lock.
-            let Some(start_ticks) = ctx.start_times.get(req.server.pid) else {
-                return Response::Admit(ctx.seats().deny(&req, DenyReason::UnknownServer, now));
-            };
-            let server = ServerId {
-                kind: req.server.kind,
-                pid: req.server.pid,
-                start_ticks,
-            };
-            Response::Admit(ctx.seats().admit(&req, server, now))
-        }
-        Request::Release { key } | Request::Evict { key } => {
-            Response::Release(ctx.seats().release(&key))
-        }
-        Request::Status => Response::Status(Box::new(StatusResponse {
-            ok: true,
-            status: ctx.seats().status(Utc::now()),
-        })),
+fn framing_error(code: ErrorCode, message: String) -> Reply {
+    Reply {
+        bytes: Bytes::Owned(Response::error(code, message).encode()),
+        undo: None,
     }
 }

@@ -10,17 +10,37 @@ use serde::{Deserialize, Serialize};
 use super::protocol::{AdmitRequest, DenyReason, ServerKind};
 
 /// A VPN server process, identified across pid reuse by its start time in
-/// clock ticks since boot (from /proc/PID/stat).
+/// clock ticks since boot (from /proc/PID/stat). `pid` is in the daemon's
+/// pid namespace; `ns_pid` is the pid the server sees for itself (what its
+/// hooks and its management interface say), different inside a container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ServerId {
     pub kind: ServerKind,
     pub pid: u32,
     pub start_ticks: u64,
+    /// 0 in records written before it was kept: then it is `pid`.
+    #[serde(default)]
+    pub ns_pid: u32,
+}
+
+impl ServerId {
+    /// The pid the server sees for itself.
+    pub fn own_pid(&self) -> u32 {
+        if self.ns_pid == 0 {
+            self.pid
+        } else {
+            self.ns_pid
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
     pub key: String,
+    /// Which admission of the key this is (grows with every admission):
+    /// undoing an unanswered admission removes only that very instance.
+    #[serde(default)]
+    pub instance: u64,
     pub user: String,
     pub remote: String,
     pub server: ServerId,
@@ -55,6 +75,9 @@ pub struct Table {
     /// admission that day), for the last `DAILY_PEAK_DAYS` days with any.
     #[serde(default)]
     pub daily_peaks: BTreeMap<NaiveDate, u32>,
+    /// The last admission's instance number.
+    #[serde(default)]
+    pub instances: u64,
 }
 
 /// How many days of peaks the table keeps.
@@ -101,6 +124,7 @@ impl Table {
         }
         let session = Session {
             key: req.key.clone(),
+            instance: self.instances + 1,
             user: req.user.clone(),
             remote: req.remote.clone(),
             server,
@@ -122,10 +146,19 @@ impl Table {
         self.sessions.remove(key);
     }
 
+    /// Frees `key` only while it is still admission `instance`.
+    pub fn release_instance(&mut self, key: &str, instance: u64) -> Option<(Session, Change)> {
+        if self.sessions.get(key)?.instance != instance {
+            return None;
+        }
+        self.release(key)
+    }
+
     /// Applies a recorded change (journal replay). Idempotent per key.
     pub fn apply(&mut self, change: &Change, now: DateTime<Utc>) {
         match change {
             Change::Admit(s) => {
+                self.instances = self.instances.max(s.instance);
                 self.sessions.insert(s.key.clone(), s.clone());
                 let in_use = self.in_use();
                 if in_use > self.peak {
@@ -193,6 +226,7 @@ mod tests {
             kind: ServerKind::Openvpn,
             pid,
             start_ticks: 7,
+            ns_pid: pid,
         }
     }
 

@@ -15,7 +15,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use super::policy::FailureKind;
 use super::wire::{self, Answer, PoolReport, UsageReport, MAX_BODY_BYTES};
 use crate::config::Cloud;
-use crate::license::bundle::SignedBundle;
+use crate::license::bundle::Signed;
 
 /// Why the HTTPS client could not be built from the configured files.
 /// Messages name the file, never its contents.
@@ -228,10 +228,7 @@ impl CloudClient {
 impl CloudClient {
     /// POST this device's pool usage; the answer is the signed slice leases
     /// (not yet verified).
-    pub async fn post_pools(
-        &self,
-        reports: &[PoolReport],
-    ) -> Result<Vec<SignedBundle>, CloudError> {
+    pub async fn post_pools(&self, reports: &[PoolReport]) -> Result<Vec<Signed>, CloudError> {
         let body = serde_json::to_vec(reports).expect("pool reports always serialise");
         let resp = self
             .http

@@ -4,15 +4,15 @@
 //! own client built from the same `[cloud]` section (same mTLS identity).
 //! When to try next is `next_wait`, pure.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::client::CloudClient;
-use crate::admission::server::Ctx;
+use super::Gateway;
 use crate::config::{Cloud, Config};
 
 /// First retry after a failed pool request; doubles per failure.
@@ -43,12 +43,11 @@ pub fn next_wait(
     }
 }
 
-/// Runs until `cancel`. `persist` writes what the lease book must remember
-/// across a restart (pools, epochs) if it changed, off the runtime thread.
-pub async fn run(
-    ctx: Arc<Ctx>,
-    config: Arc<Mutex<Config>>,
-    persist: impl Fn() + Send,
+/// Runs until `cancel`. After each answer the gateway is asked to persist
+/// what the lease book must remember across a restart (pools, epochs).
+pub async fn run<G: Gateway>(
+    gateway: Arc<G>,
+    configs: watch::Receiver<Arc<Config>>,
     cancel: CancellationToken,
 ) {
     let mut client: Option<(Cloud, CloudClient)> = None;
@@ -64,7 +63,7 @@ pub async fn run(
         {
             return;
         }
-        let config = config.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let config = configs.borrow().clone();
         let Some(cloud) = config.cloud.clone() else {
             client = None;
             wait = IDLE_CHECK;
@@ -85,7 +84,7 @@ pub async fn run(
         let Some((_, http)) = client.as_ref() else {
             continue;
         };
-        let reports = ctx.seats().pool_reports(Utc::now(), Instant::now());
+        let reports = gateway.pool_reports(Instant::now());
         if reports.is_empty() {
             wait = IDLE_CHECK;
             continue;
@@ -100,16 +99,12 @@ pub async fn run(
                         tracing::info!(after_failures = failures, "pool leases renewed again");
                     }
                     failures = 0;
-                    let mut seats = ctx.seats();
-                    for e in seats.take_leases(&config, &reports, &leases, sent) {
+                    let taken = gateway.take_leases(&reports, &leases, sent);
+                    for e in taken.refused {
                         tracing::error!("{e}");
                     }
-                    let renew = (0..reports.len())
-                        .filter_map(|i| seats_lease_len(&seats, &reports[i].pool))
-                        .min();
-                    lease_len = renew.or(lease_len);
-                    drop(seats);
-                    persist();
+                    lease_len = taken.shortest.or(lease_len);
+                    gateway.persist();
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
@@ -126,13 +121,9 @@ pub async fn run(
             return;
         }
         let now = Instant::now();
-        let renew_at = ctx.seats().lease_renew_at(now);
+        let renew_at = gateway.lease_renew_at(now);
         wait = next_wait(now, renew_at, failures, lease_len);
     }
-}
-
-fn seats_lease_len(seats: &crate::admission::seats::Seats, pool: &str) -> Option<Duration> {
-    seats.lease(pool).map(|h| h.lease.valid_for())
 }
 
 #[cfg(test)]

@@ -1,21 +1,20 @@
 //! The sync loop: on the policy's schedule, fetch this device's bundle,
-//! offer it to the seat authority (the licensing rules decide), persist an
-//! accepted one, report usage, and keep the record status shows. One tracing
-//! span per cycle. Stops on the daemon's CancellationToken; a config reload
-//! (`reloaded`) rebuilds the client and syncs at once.
+//! offer it to the gateway (the licensing rules decide), have an accepted
+//! one persisted, report usage, and keep the record status shows. One
+//! tracing span per cycle. Stops on the daemon's CancellationToken; a
+//! config change (SIGHUP) rebuilds the client and syncs at once.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::client::{CloudClient, CloudError, Fetched};
 use super::policy::{self, FailureKind, Outcome, Severity, SyncRecord, Timing};
-use super::wire::{UsageReport, USAGE_FORMAT};
-use crate::admission::server::Ctx;
+use super::Gateway;
 use crate::config::{Cloud, Config};
 use crate::license::bundle::BundleError;
 
@@ -42,12 +41,10 @@ impl SyncError {
 /// How long to sleep when there is no `[cloud]` section: only a reload wakes it.
 const IDLE: Duration = Duration::from_secs(24 * 3600);
 
-/// Runs until `cancel`. `persist` stores newly accepted licenses.
-pub async fn run(
-    ctx: Arc<Ctx>,
-    config: Arc<Mutex<Config>>,
-    reloaded: Arc<Notify>,
-    persist: impl Fn() + Send,
+/// Runs until `cancel`.
+pub async fn run<G: Gateway>(
+    gateway: Arc<G>,
+    mut configs: watch::Receiver<Arc<Config>>,
     cancel: CancellationToken,
 ) {
     let mut client: Option<(Cloud, CloudClient)> = None;
@@ -59,18 +56,21 @@ pub async fn run(
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
-            _ = reloaded.notified() => {
+            changed = configs.changed() => {
+                if changed.is_err() {
+                    return;
+                }
                 // The reload re-read the licenses from disk: fetch in full,
                 // and re-read the key files (they may have been renewed).
                 client = None;
             }
         }
-        let config = config.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let config = configs.borrow_and_update().clone();
         let Some(cloud) = config.cloud.clone() else {
             if client.take().is_some() {
                 tracing::info!("[cloud] removed from the config; cloud sync stopped");
             }
-            ctx.seats().set_cloud(None);
+            gateway.set_sync_record(None);
             wait = IDLE;
             continue;
         };
@@ -97,7 +97,7 @@ pub async fn run(
                         retry_after: None,
                     };
                     wait = record.record(&outcome, timing, Utc::now(), random());
-                    ctx.seats().set_cloud(Some(record.clone()));
+                    gateway.set_sync_record(Some(record.clone()));
                     continue;
                 }
             }
@@ -108,7 +108,7 @@ pub async fn run(
         cycle += 1;
         let span = tracing::info_span!("sync", cycle, url = %cloud.url);
         let cycle_done = async {
-            let result = sync_once(http, &ctx, &config, &mut etag, &persist).await;
+            let result = sync_once(http, &*gateway, &mut etag).await;
             let outcome = match result {
                 Ok(()) => {
                     if record.failures > 0 {
@@ -136,10 +136,10 @@ pub async fn run(
             let now = Utc::now();
             wait = record.record(&outcome, timing, now, random());
             if outcome != Outcome::Synced {
-                say_what_it_means(&ctx, &record, now);
+                say_what_it_means(&*gateway, &record, now);
             }
             if outcome == Outcome::Synced {
-                report_usage(http, &ctx, &mut record).await;
+                report_usage(http, &*gateway, &mut record).await;
             }
             tracing::debug!(next_in_ms = wait.as_millis() as u64, "next sync attempt");
         }
@@ -148,17 +148,15 @@ pub async fn run(
         if cancel.run_until_cancelled(cycle_done).await.is_none() {
             return;
         }
-        ctx.seats().set_cloud(Some(record.clone()));
+        gateway.set_sync_record(Some(record.clone()));
     }
 }
 
-/// Fetches the bundle and offers it to the seat authority.
+/// Fetches the bundle and offers it to the gateway.
 async fn sync_once(
     http: &CloudClient,
-    ctx: &Ctx,
-    config: &Config,
+    gateway: &impl Gateway,
     etag: &mut Option<String>,
-    persist: &impl Fn(),
 ) -> Result<(), SyncError> {
     match http.fetch_bundle(etag.as_deref()).await? {
         Fetched::NotModified => {
@@ -166,31 +164,24 @@ async fn sync_once(
             Ok(())
         }
         Fetched::Bundle { text, etag: tag } => {
-            let now = Utc::now();
-            let (before, offered, after, generation) = {
-                let mut seats = ctx.seats();
-                let before = seats.cap(now);
-                let offered = seats.offer_bundle(config, &text, now);
-                let generation = seats.licenses().bundle().map(|b| b.generation);
-                (before, offered, seats.cap(now), generation)
-            };
-            let changed = offered?;
+            let offered = gateway.offer_bundle(&text)?;
             *etag = tag;
-            if changed {
+            let generation = offered.generation;
+            if offered.changed {
                 tracing::info!(
                     generation,
-                    cap_before = before,
-                    cap = after,
+                    cap_before = offered.cap_before,
+                    cap = offered.cap_after,
                     "new bundle accepted from the cloud"
                 );
-                if after != before {
+                if offered.cap_after != offered.cap_before {
                     tracing::warn!(
-                        from = before,
-                        to = after,
+                        from = offered.cap_before,
+                        to = offered.cap_after,
                         "the seat cap changed with the cloud's bundle"
                     );
                 }
-                persist();
+                gateway.persist();
             } else {
                 tracing::debug!(generation, "bundle from the cloud is the one in force");
             }
@@ -200,31 +191,16 @@ async fn sync_once(
 }
 
 /// Says loudly what a failed sync means for the seats.
-fn say_what_it_means(ctx: &Ctx, record: &SyncRecord, now: chrono::DateTime<Utc>) {
-    let not_after = ctx.seats().licenses().bundle().map(|b| b.not_after);
-    let alarm = policy::alarm(record.last_success, not_after, now);
+fn say_what_it_means(gateway: &impl Gateway, record: &SyncRecord, now: chrono::DateTime<Utc>) {
+    let alarm = policy::alarm(record.last_success, gateway.bundle_not_after(), now);
     match alarm.severity {
         Severity::Error => tracing::error!(failures = record.failures, "{}", alarm.message),
         Severity::Warning => tracing::warn!(failures = record.failures, "{}", alarm.message),
     }
 }
 
-async fn report_usage(http: &CloudClient, ctx: &Ctx, record: &mut SyncRecord) {
-    let (device, usage) = {
-        let seats = ctx.seats();
-        (seats.device.clone(), seats.usage(Utc::now()))
-    };
-    let report = UsageReport {
-        format: USAGE_FORMAT,
-        device,
-        at: usage.now,
-        cap: usage.cap,
-        in_use: usage.in_use,
-        peak: usage.peak,
-        peak_at: usage.peak_at,
-        denials: usage.denials,
-        generation: usage.generation,
-    };
+async fn report_usage(http: &CloudClient, gateway: &impl Gateway, record: &mut SyncRecord) {
+    let report = gateway.usage();
     match http.report_usage(&report).await {
         Ok(()) => record.last_report = Some(Utc::now()),
         Err(e) => tracing::warn!("usage report not delivered (the next sync tries again): {e}"),

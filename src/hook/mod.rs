@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use crate::admission::client;
 use crate::admission::protocol::{AdmitRequest, Request, Response};
-use crate::client;
 use crate::config::DEFAULT_SOCKET;
 
 pub const DEFAULT_TIMEOUT_MS: u64 = 500;

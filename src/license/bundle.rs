@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cap::Entitlement;
 use super::model::{partition, License, Rejected};
-use crate::clock::later;
+use crate::license::time::later;
 
 pub const FORMAT: u32 = 1;
 /// A bundle issued further ahead than this means the gateway clock (or the
@@ -37,7 +37,7 @@ pub struct Bundle {
 /// signature over them, so no re-serialisation can change what was signed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SignedBundle {
+pub struct Signed {
     pub payload: String,
     pub signature: String,
 }
@@ -95,7 +95,7 @@ pub fn encode_secret_key(key: &SigningKey) -> String {
     B64.encode(key.to_bytes())
 }
 
-pub fn sign(bundle: &Bundle, key: &SigningKey) -> SignedBundle {
+pub fn sign(bundle: &Bundle, key: &SigningKey) -> Signed {
     sign_bytes(
         serde_json::to_vec(bundle).expect("a bundle always serialises"),
         key,
@@ -103,14 +103,14 @@ pub fn sign(bundle: &Bundle, key: &SigningKey) -> SignedBundle {
 }
 
 /// Signs any payload into the envelope (bundles and slice leases share it).
-pub fn sign_bytes(bytes: Vec<u8>, key: &SigningKey) -> SignedBundle {
-    SignedBundle {
+pub fn sign_bytes(bytes: Vec<u8>, key: &SigningKey) -> Signed {
+    Signed {
         signature: B64.encode(key.sign(&bytes).to_bytes()),
         payload: B64.encode(bytes),
     }
 }
 
-impl SignedBundle {
+impl Signed {
     pub fn parse(text: &str) -> Result<Self, BundleError> {
         serde_json::from_str(text).map_err(|e| BundleError::Envelope(e.to_string()))
     }
@@ -197,8 +197,8 @@ pub fn accept(
     text: &str,
     trusted: &[VerifyingKey],
     rules: Acceptance<'_>,
-) -> Result<(SignedBundle, Bundle), BundleError> {
-    let signed = SignedBundle::parse(text)?;
+) -> Result<(Signed, Bundle), BundleError> {
+    let signed = Signed::parse(text)?;
     let bundle = signed.verify(trusted)?;
     bundle.check(rules)?;
     Ok((signed, bundle))
@@ -267,7 +267,7 @@ mod tests {
         let tampered = {
             let mut b = bundle(5);
             b.licenses[0].seats = 2000;
-            SignedBundle {
+            Signed {
                 payload: sign(&b, &key(1)).payload,
                 signature: good.signature.clone(),
             }
@@ -348,7 +348,7 @@ mod tests {
             ),
             (
                 "bad signature encoding",
-                SignedBundle {
+                Signed {
                     signature: "!!".into(),
                     ..good.clone()
                 }

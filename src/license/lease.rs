@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-use super::bundle::{sign_bytes, BundleError, SignedBundle};
+use super::bundle::{sign_bytes, BundleError, Signed};
 
 pub const LEASE_FORMAT: u32 = 1;
 /// A lease longer than this is refused: a cloud that hands out day-long
@@ -40,7 +40,7 @@ impl Lease {
     }
 }
 
-pub fn sign_lease(lease: &Lease, key: &SigningKey) -> SignedBundle {
+pub fn sign_lease(lease: &Lease, key: &SigningKey) -> Signed {
     sign_bytes(
         serde_json::to_vec(lease).expect("a lease always serialises"),
         key,
@@ -134,7 +134,7 @@ impl LeaseBook {
     /// bundle); `sent` is when the request that brought it was sent.
     pub fn accept(
         &mut self,
-        signed: &SignedBundle,
+        signed: &Signed,
         trusted: &[VerifyingKey],
         device: &str,
         pools: &[&str],
@@ -240,7 +240,7 @@ impl Record {
 /// The lease in `signed`, if its signature, format, device, pool and length
 /// pass (the epoch is the book's to judge).
 fn verify(
-    signed: &SignedBundle,
+    signed: &Signed,
     trusted: &[VerifyingKey],
     device: &str,
     pools: &[&str],

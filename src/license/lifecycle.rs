@@ -5,7 +5,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
 use super::model::License;
-use crate::clock::later;
+use crate::license::time::later;
 
 /// A license activates by force this long after issue if nobody associated it.
 pub const FORCED_ACTIVATION_DAYS: i64 = 90;

@@ -1,12 +1,19 @@
 //! The license engine: records and their rules (`model`), lifecycle at an
-//! instant (`lifecycle`), the seat cap and its timeline (`cap`), and signed
-//! bundles (`bundle`). Everything here is pure; the clock is an argument.
+//! instant (`lifecycle`), the seat cap and its timeline (`cap`), signed
+//! bundles (`bundle`), slice leases of shared pools (`lease`), the engine's
+//! clock (`time`), the licenses in force (`in_force`) and the license report
+//! (`report`). All of it is pure, the clock an argument, except `disk`: the
+//! engine's files in the state directory.
 
 pub mod bundle;
 pub mod cap;
+pub mod disk;
+pub mod in_force;
 pub mod lease;
 pub mod lifecycle;
 pub mod model;
+pub mod report;
+pub mod time;
 
 pub use cap::{Cap, Entitlement, Step};
 pub use lifecycle::Status;

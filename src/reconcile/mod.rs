@@ -43,7 +43,9 @@ impl ParseError {
 pub struct Listing {
     kind: ServerKind,
     /// The server pids whose sessions this listing covers (OpenVPN: the
-    /// server process; ocserv: the workers of this ocserv instance).
+    /// server process as it sees itself, which its management interface
+    /// reports; ocserv: the workers of this ocserv instance, as pids in the
+    /// daemon's namespace).
     scope: HashSet<u32>,
     live: Live,
     /// When the listing was asked for (before the request was sent).
@@ -92,7 +94,11 @@ impl Listing {
     /// listed yet), and the listing does not show it. Keys this module
     /// cannot read are never stale.
     pub fn is_stale(&self, session: &Session, grace: Duration) -> bool {
-        if session.server.kind != self.kind || !self.scope.contains(&session.server.pid) {
+        let pid = match self.live {
+            Live::Openvpn(_) => session.server.own_pid(),
+            Live::Ocserv(_) => session.server.pid,
+        };
+        if session.server.kind != self.kind || !self.scope.contains(&pid) {
             return false;
         }
         let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
@@ -106,7 +112,8 @@ impl Listing {
         match &self.live {
             Live::Openvpn(clients) => match openvpn::KeyParts::parse(&session.key) {
                 Some(parts) => {
-                    parts.pid == session.server.pid && !clients.iter().any(|c| parts.matches(c))
+                    parts.pid == session.server.own_pid()
+                        && !clients.iter().any(|c| parts.matches(c))
                 }
                 None => false,
             },
@@ -146,12 +153,14 @@ mod tests {
     fn session(key: &str, kind: ServerKind, pid: u32, since: &str) -> Session {
         Session {
             key: key.into(),
+            instance: 1,
             user: "u".into(),
             remote: "127.0.0.1".into(),
             server: ServerId {
                 kind,
                 pid,
                 start_ticks: 1,
+                ns_pid: pid,
             },
             since: at(since),
         }

@@ -11,20 +11,33 @@ use tokio_util::sync::CancellationToken;
 use super::fetch::{self, FetchError};
 use super::Listing;
 use crate::admission::protocol::ServerKind;
-use crate::admission::server::Ctx;
+use crate::admission::table::ServerId;
 use crate::config::{Reconcile, Source};
 use crate::sys;
 
-pub async fn run(ctx: Arc<Ctx>, entry: Reconcile, cancel: CancellationToken) {
+/// What reconciliation needs of the gateway's session table.
+pub trait Sessions: Send + Sync + 'static {
+    /// The VPN server processes sessions live in.
+    fn servers(&self) -> Vec<ServerId>;
+    /// Releases the sessions `listing` shows are gone (see
+    /// `Listing::is_stale`); returns how many.
+    fn release_stale(&self, listing: &Listing, grace: std::time::Duration, source: &str) -> usize;
+    /// A round finished (whatever its outcome): status counts them, so a
+    /// waiter can tell that the daemon looked.
+    fn round_done(&self);
+}
+
+pub async fn run<S: Sessions>(sessions: Arc<S>, entry: Reconcile, cancel: CancellationToken) {
     let source = entry.source.describe();
     let mut tick = tokio::time::interval(entry.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing: Option<String> = None;
     while cancel.run_until_cancelled(tick.tick()).await.is_some() {
-        let round = match cancel.run_until_cancelled(once(&ctx, &entry)).await {
+        let round = match cancel.run_until_cancelled(once(&*sessions, &entry)).await {
             Some(r) => r,
             None => return,
         };
+        sessions.round_done();
         match round {
             Ok((listed, released)) => {
                 if failing.take().is_some() {
@@ -45,7 +58,10 @@ pub async fn run(ctx: Arc<Ctx>, entry: Reconcile, cancel: CancellationToken) {
 
 /// One round: returns how many sessions the server listed and how many
 /// seats were released.
-pub async fn once(ctx: &Ctx, entry: &Reconcile) -> Result<(usize, usize), FetchError> {
+pub async fn once(
+    sessions: &impl Sessions,
+    entry: &Reconcile,
+) -> Result<(usize, usize), FetchError> {
     let listing = match &entry.source {
         Source::Openvpn { management } => {
             let a = fetch::openvpn(management, entry.timeout).await?;
@@ -55,18 +71,20 @@ pub async fn once(ctx: &Ctx, entry: &Reconcile) -> Result<(usize, usize), FetchE
             let a = fetch::ocserv(occtl, socket.as_deref(), entry.timeout).await?;
             // Only the workers this ocserv forked: another instance's
             // sessions are not in its list. Read /proc outside the lock.
-            let servers = ctx.seats().servers();
+            let servers = sessions.servers();
             let workers: HashSet<u32> = servers
                 .iter()
                 .filter(|s| s.kind == ServerKind::Ocserv)
-                .filter(|s| sys::parent_pid(s.pid) == Some(a.server_pid))
+                .filter(|s| {
+                    // occtl names the main process as ocserv sees itself.
+                    let parent = sys::process::parent_pid(s.pid).and_then(sys::process::read);
+                    parent.is_some_and(|p| p.own_pid() == a.server_pid)
+                })
                 .map(|s| s.pid)
                 .collect();
             Listing::ocserv(workers, a.users, a.requested_at)
         }
     };
-    let released = ctx
-        .seats()
-        .release_stale(&listing, entry.grace, &entry.source.describe());
-    Ok((listing.len(), released.len()))
+    let released = sessions.release_stale(&listing, entry.grace, &entry.source.describe());
+    Ok((listing.len(), released))
 }

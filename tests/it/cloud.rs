@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use seatgate::admission::protocol::Request;
 use seatgate::cloud::policy::{FailureKind, Severity};
-use seatgate::license::bundle::{encode_public_key, encode_secret_key, SignedBundle};
+use seatgate::license::bundle::{encode_public_key, encode_secret_key, Signed};
 use seatgate::status::Status;
 
 use super::util::{admitted, bin, call, wait_for, Daemon, FakeServer, Gateway, DEVICE};
@@ -228,10 +228,10 @@ fn cloud_lifecycle_add_share_move_expire_replace_reaches_the_gateway() {
     assert_eq!(s.pools.len(), 1);
     assert_eq!(s.pools[0].others, vec!["ESG-PEER".to_string()]);
 
-    let vpn = FakeServer::start();
+    let vpn = FakeServer::start(&gw.socket());
     for i in 0..30 {
         assert!(admitted(
-            &call(&d.socket, &vpn.admit(&format!("s{i}"))).unwrap()
+            &vpn.try_call(&vpn.admit(&format!("s{i}"))).unwrap()
         ));
     }
     wait_for("the usage report to reach the cloud", SOON, || {
@@ -245,22 +245,22 @@ fn cloud_lifecycle_add_share_move_expire_replace_reaches_the_gateway() {
     cloud.run(&["license", "move", "LIC-1", "--to", "ESG-PEER"]);
     let s = cap_becomes(&d, 2, "the moved license to leave");
     assert_eq!((s.in_use, s.over_cap_by), (30, 28));
-    assert!(!admitted(&call(&d.socket, &vpn.admit("new")).unwrap()));
+    assert!(!admitted(&vpn.try_call(&vpn.admit("new")).unwrap()));
     for i in 0..27 {
         release(&d, &format!("s{i}"));
     }
     assert!(
-        !admitted(&call(&d.socket, &vpn.admit("new")).unwrap()),
+        !admitted(&vpn.try_call(&vpn.admit("new")).unwrap()),
         "3 held, cap 2"
     );
     release(&d, "s27");
     assert!(
-        !admitted(&call(&d.socket, &vpn.admit("new")).unwrap()),
+        !admitted(&vpn.try_call(&vpn.admit("new")).unwrap()),
         "2 held, cap 2"
     );
     release(&d, "s28");
     assert!(
-        admitted(&call(&d.socket, &vpn.admit("new")).unwrap()),
+        admitted(&vpn.try_call(&vpn.admit("new")).unwrap()),
         "drained"
     );
 
@@ -339,7 +339,7 @@ fn tampered_foreign_and_replayed_bundles_are_rejected_and_the_cap_holds() {
     cap_becomes(&d, 22, "the first sync");
     let stored = || {
         let text = std::fs::read_to_string(gw.path("state/bundle.json")).unwrap();
-        let signed = SignedBundle::parse(&text).unwrap();
+        let signed = Signed::parse(&text).unwrap();
         signed.verify(&[gw.key.verifying_key()]).unwrap().generation
     };
     let generation = wait_for("the bundle to be stored", SOON, || {

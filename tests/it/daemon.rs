@@ -63,9 +63,9 @@ fn admitted_resp(r: &Response) -> bool {
 fn two_thousand_concurrent_admits_against_cap_32_admit_exactly_32() {
     let gw = Gateway::new(30);
     let d = gw.start();
-    let server = FakeServer::start();
+    let server = FakeServer::start(&gw.socket());
     for round in 0..3 {
-        let got = storm(&d.socket, &server, 100, 20, &format!("r{round}"));
+        let got = storm(server.socket(), &server, 100, 20, &format!("r{round}"));
         assert_eq!(got, 32, "round {round}");
         let st = d.status();
         assert_eq!((st.in_use, st.cap_total, st.free), (32, 32, 0));
@@ -81,7 +81,7 @@ fn two_thousand_concurrent_admits_against_cap_32_admit_exactly_32() {
 fn an_admit_whose_hook_gave_up_before_the_answer_holds_no_seat() {
     let gw = Gateway::new(0);
     let d = gw.start();
-    let server = FakeServer::start();
+    let server = FakeServer::start(&gw.socket());
     // A stalled daemon: the hook's request waits in the socket queue, the
     // hook passes its deadline, rejects and exits.
     d.pause();
@@ -93,7 +93,7 @@ fn an_admit_whose_hook_gave_up_before_the_answer_holds_no_seat() {
     drop(s);
     d.signal(Signal::SIGCONT);
     // A request after it on another connection is answered after it was served.
-    assert!(admitted(&call(&d.socket, &server.admit("live")).unwrap()));
+    assert!(admitted(&server.try_call(&server.admit("live")).unwrap()));
     wait_for(
         "the unanswered admission to be undone",
         Duration::from_secs(5),
@@ -113,7 +113,7 @@ fn an_admit_whose_hook_gave_up_before_the_answer_holds_no_seat() {
 fn churn_ends_with_in_use_equal_to_sessions_held() {
     let gw = Gateway::new(8);
     let d = gw.start();
-    let server = FakeServer::start();
+    let server = FakeServer::start(&gw.socket());
     let handles: Vec<_> = (0..8)
         .map(|c| {
             let socket = d.socket.clone();
@@ -147,14 +147,14 @@ fn churn_ends_with_in_use_equal_to_sessions_held() {
 fn repeated_admit_and_rejected_release_do_not_miscount() {
     let gw = Gateway::new(0);
     let d = gw.start();
-    let server = FakeServer::start();
-    assert!(admitted(&call(&d.socket, &server.admit("a")).unwrap()));
-    assert!(admitted(&call(&d.socket, &server.admit("b")).unwrap()));
-    match call(&d.socket, &server.admit("a")).unwrap() {
+    let server = FakeServer::start(&gw.socket());
+    assert!(admitted(&server.try_call(&server.admit("a")).unwrap()));
+    assert!(admitted(&server.try_call(&server.admit("b")).unwrap()));
+    match server.try_call(&server.admit("a")).unwrap() {
         Response::Admit(r) => assert!(r.admitted && r.again && r.in_use == 2),
         other => panic!("{other:?}"),
     }
-    match call(&d.socket, &server.admit("c")).unwrap() {
+    match server.try_call(&server.admit("c")).unwrap() {
         Response::Admit(r) => {
             assert_eq!(r.reason, Some(DenyReason::CapReached));
             assert_eq!(r.message.as_deref(), Some("all 2 seats are in use"));
@@ -178,8 +178,8 @@ fn repeated_admit_and_rejected_release_do_not_miscount() {
 fn sigkill_during_a_storm_then_restart_keeps_the_count_exact() {
     let gw = Gateway::new(48);
     let d = gw.start();
-    let server = FakeServer::start();
-    let socket = d.socket.clone();
+    let server = FakeServer::start(&gw.socket());
+    let socket = server.socket().to_path_buf();
     let reqs: Vec<Request> = (0..400).map(|i| server.admit(&format!("k{i}"))).collect();
     let writer = std::thread::spawn(move || {
         let mut acked = Vec::new();
@@ -212,7 +212,7 @@ fn sigkill_during_a_storm_then_restart_keeps_the_count_exact() {
         assert!(st.sessions.iter().any(|s| &s.key == key), "lost {key}");
     }
     // And the cap still holds exactly after the restart.
-    let more = storm(&d.socket, &server, 10, 10, "after");
+    let more = storm(server.socket(), &server, 10, 10, "after");
     assert_eq!(d.status().in_use, 50);
     assert_eq!(st.in_use as usize + more, 50);
 }
@@ -221,14 +221,14 @@ fn sigkill_during_a_storm_then_restart_keeps_the_count_exact() {
 fn killed_vpn_server_frees_its_seats_within_two_seconds() {
     let gw = Gateway::new(10);
     let d = gw.start();
-    let mut doomed = FakeServer::start();
-    let other = FakeServer::start();
+    let mut doomed = FakeServer::start(&gw.socket());
+    let other = FakeServer::start(&gw.socket());
     for i in 0..5 {
         assert!(admitted(
-            &call(&d.socket, &doomed.admit(&format!("d{i}"))).unwrap()
+            &doomed.try_call(&doomed.admit(&format!("d{i}"))).unwrap()
         ));
     }
-    assert!(admitted(&call(&d.socket, &other.admit("o")).unwrap()));
+    assert!(admitted(&other.try_call(&other.admit("o")).unwrap()));
     assert_eq!(d.status().in_use, 6);
     doomed.kill();
     let started = std::time::Instant::now();
@@ -245,8 +245,8 @@ fn killed_vpn_server_frees_its_seats_within_two_seconds() {
 fn seats_of_a_server_that_died_while_the_daemon_was_down_are_freed_at_start() {
     let gw = Gateway::new(10);
     let d = gw.start();
-    let mut doomed = FakeServer::start();
-    call(&d.socket, &doomed.admit("x")).unwrap();
+    let mut doomed = FakeServer::start(&gw.socket());
+    doomed.try_call(&doomed.admit("x")).unwrap();
     d.kill9();
     doomed.kill();
     let d = gw.start();
@@ -257,7 +257,7 @@ fn seats_of_a_server_that_died_while_the_daemon_was_down_are_freed_at_start() {
 fn unknown_server_pid_is_denied() {
     let gw = Gateway::new(0);
     let d = gw.start();
-    let mut gone = FakeServer::start();
+    let mut gone = FakeServer::start(&gw.socket());
     let req = gone.admit("x");
     gone.kill();
     match call(&d.socket, &req).unwrap() {
@@ -280,7 +280,7 @@ fn raw_exchange(socket: &std::path::Path, bytes: &[u8]) -> String {
 fn malformed_input_gets_errors_while_others_are_served() {
     let gw = Gateway::with_config(0, "idle_timeout_ms = 300");
     let d = gw.start();
-    let server = FakeServer::start();
+    let server = FakeServer::start(&gw.socket());
     let out = raw_exchange(&d.socket, b"garbage\n\xff\xfe\n{\"v\":1,\"op\":\"fly\"}\n{\"v\":9,\"op\":\"ping\"}\n{\"v\":1,\"op\":\"admit\"}\n{\"v\":1,\"op\":\"ping\"}\n");
     let codes: Vec<String> = out
         .lines()
@@ -312,7 +312,7 @@ fn malformed_input_gets_errors_while_others_are_served() {
     // A half-sent line from a silent peer times out, while another client is served.
     let mut slow = UnixStream::connect(&d.socket).unwrap();
     slow.write_all(b"{\"v\":1,\"op\":").unwrap();
-    assert!(admitted(&call(&d.socket, &server.admit("k")).unwrap()));
+    assert!(admitted(&server.try_call(&server.admit("k")).unwrap()));
     slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut out = String::new();
     slow.read_to_string(&mut out).unwrap();
@@ -327,7 +327,7 @@ fn a_peer_that_is_not_allowed_cannot_admit_or_read() {
         "socket_mode = \"0666\"\nvpn_users = []\noperator_groups = []",
     );
     let d = gw.start();
-    let server = FakeServer::start();
+    let server = FakeServer::start(&gw.socket());
     std::fs::set_permissions(
         gw.dir.path(),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
@@ -395,10 +395,10 @@ fn status_is_open_to_everyone_when_configured_public() {
 fn sighup_reloads_licenses_without_dropping_sessions_and_drains_over_cap() {
     let gw = Gateway::new(4);
     let d = gw.start();
-    let server = FakeServer::start();
+    let server = FakeServer::start(&gw.socket());
     for i in 0..6 {
         assert!(admitted(
-            &call(&d.socket, &server.admit(&format!("k{i}"))).unwrap()
+            &server.try_call(&server.admit(&format!("k{i}"))).unwrap()
         ));
     }
     // The license moved away: generation 2 grants nothing.
@@ -409,7 +409,7 @@ fn sighup_reloads_licenses_without_dropping_sessions_and_drains_over_cap() {
     });
     let st = d.status();
     assert_eq!((st.in_use, st.over_cap_by), (6, 4));
-    match call(&d.socket, &server.admit("new")).unwrap() {
+    match server.try_call(&server.admit("new")).unwrap() {
         Response::Admit(r) => assert_eq!(r.reason, Some(DenyReason::OverCap)),
         other => panic!("{other:?}"),
     }
@@ -438,8 +438,8 @@ fn sighup_reloads_licenses_without_dropping_sessions_and_drains_over_cap() {
 fn sigterm_stops_cleanly_and_restart_keeps_sessions() {
     let gw = Gateway::new(4);
     let d = gw.start();
-    let server = FakeServer::start();
-    call(&d.socket, &server.admit("a")).unwrap();
+    let server = FakeServer::start(&gw.socket());
+    server.try_call(&server.admit("a")).unwrap();
     d.signal(Signal::SIGTERM);
     let (status, _) = d.wait_exit(Duration::from_secs(5));
     assert!(status.success(), "{status:?}");
@@ -507,7 +507,11 @@ fn a_peer_that_never_reads_loses_its_connection_not_the_daemon() {
     // dropped and a third client is served again.
     wait_for("a free connection slot", Duration::from_secs(5), || {
         matches!(
-            seatgate::client::call(&d.socket, &Request::Ping, Duration::from_millis(500)),
+            seatgate::admission::client::call(
+                &d.socket,
+                &Request::Ping,
+                Duration::from_millis(500)
+            ),
             Ok(Response::Pong(_))
         )
         .then_some(())
@@ -518,17 +522,69 @@ fn a_peer_that_never_reads_loses_its_connection_not_the_daemon() {
     drop(stuck);
 }
 
+/// Hardening: a VPN server user (not root) cannot take over or release
+/// another server process's session, nor name a server that is not its
+/// own ancestor; operators still evict anything.
 #[test]
-fn a_key_seen_again_from_another_server_process_is_a_new_session() {
-    let gw = Gateway::new(0);
+fn only_the_server_that_holds_a_session_may_release_or_readmit_it() {
+    const NOBODY: u32 = 65534;
+    let gw = Gateway::with_config(0, "socket_mode = \"0666\"\nvpn_users = [\"nobody\"]");
+    std::fs::set_permissions(
+        gw.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let d = gw.start();
-    let (old, new) = (FakeServer::start(), FakeServer::start());
-    assert!(admitted(&call(&d.socket, &old.admit("k")).unwrap()));
-    match call(&d.socket, &new.admit("k")).unwrap() {
-        // Not "again": the old session is over and the new one passed the cap.
+    let mut old = FakeServer::start_as(&gw.socket(), Some(NOBODY));
+    let new = FakeServer::start_as(&gw.socket(), Some(NOBODY));
+    assert!(admitted(&old.try_call(&old.admit("k")).unwrap()));
+    // Another server process cannot take over (or release) a live session.
+    match new.try_call(&new.admit("k")).unwrap() {
+        Response::Admit(r) => assert_eq!(r.reason, Some(DenyReason::KeyHeld), "{r:?}"),
+        other => panic!("{other:?}"),
+    }
+    match new.try_call(&Request::Release { key: "k".into() }).unwrap() {
+        Response::Error(e) => assert!(e.error.message.contains("another VPN server"), "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    // Nor can it name a server that is not its own ancestor: pid 1, or
+    // the other server.
+    for pid in [1, old.pid()] {
+        let mut req = new.admit("stranger");
+        if let Request::Admit(a) = &mut req {
+            a.server.pid = pid;
+        }
+        match new.try_call(&req).unwrap() {
+            Response::Admit(r) => {
+                assert_eq!(
+                    r.reason,
+                    Some(DenyReason::UnknownServer),
+                    "pid {pid}: {r:?}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let st = d.status();
+    assert_eq!((st.in_use, st.sessions[0].server_pid), (1, old.pid()));
+    // Its own server's hooks may release it.
+    match old.try_call(&Request::Release { key: "k".into() }).unwrap() {
+        Response::Release(r) => assert!(r.released, "{r:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(admitted(&old.try_call(&old.admit("k")).unwrap()));
+    // Once the holder is gone, the key is a new session of the new server
+    // (decided anew: not "again"), even before the reaper noticed.
+    old.kill();
+    match new.try_call(&new.admit("k")).unwrap() {
         Response::Admit(r) => assert!(r.admitted && !r.again && r.in_use == 1, "{r:?}"),
         other => panic!("{other:?}"),
     }
     let st = d.status();
     assert_eq!((st.in_use, st.sessions[0].server_pid), (1, new.pid()));
+    // An operator (root here) evicts any session.
+    match call(&d.socket, &Request::Evict { key: "k".into() }).unwrap() {
+        Response::Release(r) => assert!(r.released, "{r:?}"),
+        other => panic!("{other:?}"),
+    }
 }

@@ -217,7 +217,7 @@ impl Daemon {
 
     pub fn status(&self) -> seatgate::status::Status {
         match call(&self.socket, &Request::Status).unwrap() {
-            Response::Status(s) => s.status,
+            Response::Status(s) => serde_json::from_value(s.status).unwrap(),
             other => panic!("status expected, got {other:?}"),
         }
     }
@@ -230,20 +230,68 @@ impl Drop for Daemon {
     }
 }
 
-pub fn call(socket: &Path, req: &Request) -> Result<Response, seatgate::client::ClientError> {
-    seatgate::client::call(socket, req, Duration::from_secs(5))
+pub fn call(
+    socket: &Path,
+    req: &Request,
+) -> Result<Response, seatgate::admission::client::ClientError> {
+    seatgate::admission::client::call(socket, req, Duration::from_secs(5))
 }
 
-/// A stand-in VPN server process: sessions name it, killing it must free them.
-pub struct FakeServer(pub Child);
+/// A stand-in VPN server process: sessions name it, killing it must free
+/// them. The daemon accepts a server only where the kernel shows it: the
+/// calling process itself or one of its ancestors. So the stand-in is a
+/// `socat` relay whose forked children carry each connection to the
+/// daemon: requests sent through `socket()` come from its own children.
+pub struct FakeServer {
+    pub child: Child,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
 
 impl FakeServer {
-    pub fn start() -> FakeServer {
-        FakeServer(Command::new("sleep").arg("600").spawn().unwrap())
+    pub fn start(daemon_socket: &Path) -> FakeServer {
+        Self::start_as(daemon_socket, None)
+    }
+
+    /// A server running as `uid` (its group the same number): a VPN
+    /// server user, not root, as on a gateway.
+    pub fn start_as(daemon_socket: &Path, uid: Option<u32>) -> FakeServer {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::Builder::new()
+            .prefix("seatgate-fake-")
+            .tempdir()
+            .unwrap();
+        let socket = dir.path().join("relay.sock");
+        let mut cmd = Command::new("socat");
+        cmd.arg(format!("UNIX-LISTEN:{},fork,backlog=512", socket.display()))
+            .arg(format!("UNIX-CONNECT:{}", daemon_socket.display()))
+            .stdin(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(uid) = uid {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+            cmd.uid(uid).gid(uid);
+        }
+        let child = cmd
+            .spawn()
+            .expect("socat is needed for the daemon tests (scripts/test installs it)");
+        wait_for("the relay to listen", Duration::from_secs(10), || {
+            socket.exists().then_some(())
+        });
+        FakeServer {
+            child,
+            socket,
+            _dir: dir,
+        }
     }
 
     pub fn pid(&self) -> u32 {
-        self.0.id()
+        self.child.id()
+    }
+
+    /// Where to connect to talk to the daemon as this server's hook.
+    pub fn socket(&self) -> &Path {
+        &self.socket
     }
 
     pub fn admit(&self, key: &str) -> Request {
@@ -258,9 +306,17 @@ impl FakeServer {
         })
     }
 
+    /// Sends a request as this server's hook.
+    pub fn try_call(
+        &self,
+        req: &Request,
+    ) -> Result<Response, seatgate::admission::client::ClientError> {
+        call(&self.socket, req)
+    }
+
     pub fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

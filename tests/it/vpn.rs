@@ -215,7 +215,7 @@ fn openvpn_hook_fails_closed_while_the_daemon_is_down_and_the_server_keeps_servi
 fn hook_alone_answers_within_its_deadline_when_the_daemon_hangs() {
     let gw = Gateway::new(0);
     let d = gw.start();
-    let server = FakeServer::start();
+    let server = FakeServer::start(&gw.socket());
     d.pause();
     let start = Instant::now();
     let out = std::process::Command::new(bin())
@@ -274,7 +274,7 @@ fn ocserv_cap_2_of_3_users_and_a_disconnect_frees_the_seat() {
     // for the workers ocserv forked: each session's ID.)
     for s in d.status().sessions {
         assert_eq!(
-            seatgate::sys::parent_pid(s.server_pid),
+            seatgate::sys::process::parent_pid(s.server_pid),
             Some(server.proc.pid())
         );
     }

@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::license::cap::describe_timeline;
+use crate::license::in_force::Licenses;
 use crate::license::{Cap, License, Rejected, Status, Step};
-use crate::licensing::Licenses;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LicenseReport {

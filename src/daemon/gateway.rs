@@ -1,0 +1,143 @@
+//! The narrow views the background loops get of the shared state: the
+//! cloud loops' `Gateway` and reconciliation's `Sessions`. Each call takes
+//! the lock once and logs what it changed.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use super::state::Shared;
+use crate::admission::seats::Fault;
+use crate::admission::table::{ServerId, Session};
+use crate::cloud::policy::SyncRecord;
+use crate::cloud::wire::{PoolReport, UsageReport, USAGE_FORMAT};
+use crate::cloud::{Gateway, Offered, Taken};
+use crate::license::bundle::{BundleError, Signed};
+use crate::reconcile::task::Sessions;
+use crate::reconcile::Listing;
+
+/// Logs a journal write that failed after a release.
+pub fn log_release_fault(fault: Fault) {
+    if let Some(e) = fault {
+        tracing::error!(error = %e, "cannot record a release in the runtime directory; a restart before the next snapshot would bring the session back until its server is checked");
+    }
+}
+
+impl Gateway for Shared {
+    fn offer_bundle(&self, text: &str) -> Result<Offered, BundleError> {
+        let rules = self.config().license_rules();
+        let (now, mono) = (Utc::now(), Instant::now());
+        let mut state = self.lock();
+        let cap_before = state.cap(now, mono);
+        let changed = state.licenses.offer(&rules, text, now)?;
+        Ok(Offered {
+            changed,
+            cap_before,
+            cap_after: state.cap(now, mono),
+            generation: state.licenses.bundle().map(|b| b.generation),
+        })
+    }
+
+    fn bundle_not_after(&self) -> Option<DateTime<Utc>> {
+        self.lock().licenses.bundle().map(|b| b.not_after)
+    }
+
+    fn usage(&self) -> UsageReport {
+        let (system, mono) = (Utc::now(), Instant::now());
+        let state = self.lock();
+        let table = state.seats.table();
+        UsageReport {
+            format: USAGE_FORMAT,
+            device: state.device.clone(),
+            at: state.licenses.now(system),
+            cap: state.cap(system, mono),
+            in_use: table.in_use(),
+            peak: table.peak,
+            peak_at: table.peak_at,
+            denials: table.denials,
+            generation: state.licenses.bundle().map(|b| b.generation),
+        }
+    }
+
+    fn pool_reports(&self, mono: Instant) -> Vec<PoolReport> {
+        self.lock().pool_reports(Utc::now(), mono)
+    }
+
+    fn take_leases(&self, reports: &[PoolReport], leases: &[Signed], sent: Instant) -> Taken {
+        let config = self.config();
+        let mut state = self.lock();
+        let pools = state.leased_pools(Utc::now());
+        let allowed: Vec<&str> = pools.iter().map(String::as_str).collect();
+        let mut taken = Taken::default();
+        for signed in leases {
+            match state
+                .leases
+                .accept(signed, &config.trusted_keys, &config.device, &allowed, sent)
+            {
+                Ok(held) => {
+                    tracing::debug!(pool = %held.lease.pool, seats = held.lease.seats, epoch = held.lease.epoch, "slice lease accepted")
+                }
+                Err(e) => taken.refused.push(e),
+            }
+        }
+        for r in reports {
+            if r.in_use == 0 && !pools.contains(&r.pool) {
+                tracing::info!(pool = %r.pool, "left pool reported drained; forgotten");
+                state.leases.forget(&r.pool);
+            }
+        }
+        state.denials_reported = state.seats.table().denials;
+        taken.shortest = reports
+            .iter()
+            .filter_map(|r| state.leases.get(&r.pool).map(|h| h.lease.valid_for()))
+            .min();
+        taken
+    }
+
+    fn lease_renew_at(&self, mono: Instant) -> Option<Instant> {
+        self.lock().leases.renew_at(mono)
+    }
+
+    fn set_sync_record(&self, record: Option<SyncRecord>) {
+        self.lock().cloud = record;
+    }
+
+    fn persist(&self) {
+        self.persist.ring();
+    }
+}
+
+impl Sessions for Shared {
+    fn servers(&self) -> Vec<ServerId> {
+        self.lock().seats.servers()
+    }
+
+    fn release_stale(&self, listing: &Listing, grace: Duration, source: &str) -> usize {
+        let mut state = self.lock();
+        let (freed, fault) = state.seats.release_where(|s| listing.is_stale(s, grace));
+        let in_use = state.seats.in_use();
+        drop(state);
+        log_release_fault(fault);
+        for s in &freed {
+            tracing::warn!(key = %s.key, user = %s.user, since = %s.since, source, in_use, "session is no longer in the VPN server's list; its seat is free again");
+        }
+        freed.len()
+    }
+
+    fn round_done(&self) {
+        self.lock().rounds.reconcile += 1;
+    }
+}
+
+/// Releases every session of a server process that is gone; logs them.
+pub fn release_server(shared: &Shared, server: ServerId) -> Vec<Session> {
+    let mut state = shared.lock();
+    let (freed, fault) = state.seats.release_server(server);
+    let in_use = state.seats.in_use();
+    drop(state);
+    log_release_fault(fault);
+    if !freed.is_empty() {
+        tracing::warn!(pid = server.pid, kind = ?server.kind, freed = freed.len(), in_use, "VPN server process is gone; its seats are free again");
+    }
+    freed
+}

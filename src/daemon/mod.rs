@@ -1,0 +1,212 @@
+//! `seatgate run`: the wiring. Loads the config, the licenses and the
+//! session table into one shared state, publishes the config (and the peer
+//! rules made from it) on watch channels that a SIGHUP replaces, and runs
+//! the socket server and the background duties under one shutdown:
+//! - `state`: the state behind its lock, and what is computed from it;
+//! - `service`: requests to answers (the socket server's `Service`);
+//! - `gateway`: the views the cloud loops and reconciliation get;
+//! - `persist`: the one writer of the state directory;
+//! - `tasks`: reaper, ticker, watchdog, SIGHUP reload.
+
+mod gateway;
+mod persist;
+mod service;
+mod state;
+mod tasks;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admission::seats::Seats;
+use crate::admission::server::{self, Limits};
+use crate::config::{self, Config};
+use crate::license::disk;
+use crate::license::in_force::Licenses;
+use crate::license::lease::LeaseBook;
+use crate::status::Rounds;
+use crate::{cloud, reconcile, sys};
+use state::{Shared, State};
+
+/// Peers without admit rights share this many connection slots...
+const OTHER_CONNECTIONS: usize = 64;
+/// ...and one uid among them holds at most this many.
+const PER_UID_CONNECTIONS: usize = 8;
+
+/// Runs the daemon until `shutdown` resolves. `config_path` is re-read on SIGHUP.
+pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let config = config::load(&config_path)?;
+    let now = Utc::now();
+    let licenses = disk::load(
+        &config.state_dir,
+        config.bundle_file.as_deref(),
+        &config.license_rules(),
+        now,
+    );
+    report_licenses(&config.device, &licenses);
+    let (seats, warnings) = Seats::open(&config.runtime_dir, now).with_context(|| {
+        format!(
+            "cannot open the session journal in {}",
+            config.runtime_dir.display()
+        )
+    })?;
+    for w in warnings {
+        tracing::warn!("session journal: {w}");
+    }
+    tracing::info!(sessions = seats.in_use(), "session table loaded");
+    let (leases, pools_on_disk, mut file_warnings) = match disk::load_pools(&config.state_dir) {
+        Ok(saved) => (LeaseBook::restore(&saved), Some(saved), Vec::new()),
+        Err(e) => {
+            tracing::warn!("{e}");
+            (LeaseBook::default(), None, vec![e.to_string()])
+        }
+    };
+    file_warnings.shrink_to_fit();
+    let state = State {
+        device: config.device.clone(),
+        seats,
+        licenses,
+        leases,
+        cloud: None,
+        file_warnings,
+        denials_reported: 0,
+        rounds: Rounds::default(),
+    };
+    let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
+    let (policy_tx, policy_rx) = watch::channel(Arc::new(tasks::policy(&config)));
+    let (doorbell, writer) = persist::doorbell(pools_on_disk);
+    let shared = Arc::new(Shared::new(state, config_rx, policy_rx, doorbell));
+    tasks::reap(&shared);
+
+    let (listener, bound) = listen(&config)?;
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let stop_writer = CancellationToken::new();
+    let writer = tokio::spawn(writer.run(shared.clone(), stop_writer.clone()));
+    shared.persist.ring();
+    let limits = Limits {
+        hooks: config.admission.max_connections,
+        others: OTHER_CONNECTIONS,
+        per_uid: PER_UID_CONNECTIONS,
+        idle: config.admission.idle_timeout,
+    };
+    tracker.spawn(server::serve(
+        listener,
+        shared.clone(),
+        limits,
+        cancel.clone(),
+        tracker.clone(),
+    ));
+    let every = config.admission.server_check;
+    tracker.spawn(tasks::reaper(shared.clone(), every, cancel.clone()));
+    // At start-up and on an interval: sessions whose disconnect never came.
+    for entry in &config.reconcile {
+        let task = reconcile::task::run(shared.clone(), entry.clone(), cancel.clone());
+        tracker.spawn(task);
+    }
+    tracker.spawn(tasks::ticker(shared.clone(), cancel.clone()));
+    let configs = shared.config.clone();
+    tracker.spawn(cloud::sync::run(
+        shared.clone(),
+        configs.clone(),
+        cancel.clone(),
+    ));
+    tracker.spawn(cloud::pools::run(shared.clone(), configs, cancel.clone()));
+    if let Some(every) = sys::systemd::watchdog_interval() {
+        tracker.spawn(tasks::watchdog(every, cancel.clone()));
+    }
+    let publish = tasks::Publish {
+        config: config_tx,
+        policy: policy_tx,
+    };
+    tracker.spawn(tasks::reloader(
+        config_path,
+        shared.clone(),
+        publish,
+        cancel.clone(),
+    ));
+
+    let (cap, in_use) = {
+        let state = shared.peek();
+        (state.cap(Utc::now(), Instant::now()), state.seats.in_use())
+    };
+    let socket = bound
+        .as_ref()
+        .map_or("(systemd)".into(), |g| g.0.display().to_string());
+    tracing::info!(%socket, cap, in_use, "seatgate ready");
+    sys::systemd::notify(&format!("READY=1\nSTATUS=cap {cap} in use {in_use}"));
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    sys::systemd::notify("STOPPING=1");
+    cancel.cancel();
+    tracker.close();
+    tracker.wait().await;
+    stop_writer.cancel();
+    let _ = writer.await;
+    if let Err(e) = shared.lock().seats.flush() {
+        tracing::error!(error = %e, "cannot write the session snapshot; the journal still holds every change");
+    }
+    drop(bound);
+    Ok(())
+}
+
+/// The listening socket: handed over by systemd, or bound here.
+fn listen(config: &Config) -> Result<(UnixListener, Option<SocketGuard>)> {
+    let (listener, bound) = match sys::systemd::activated_listener() {
+        Some(l) => (l, None),
+        None => {
+            let a = &config.admission;
+            let mode = a.socket_mode | if a.status_public { 0o666 } else { 0 };
+            let group = a.socket_group.as_deref().and_then(sys::users::gid_of);
+            let l = sys::systemd::bind_socket(&config.socket, mode, group)
+                .with_context(|| format!("cannot listen on {}", config.socket.display()))?;
+            (l, Some(SocketGuard(config.socket.clone())))
+        }
+    };
+    let listener =
+        UnixListener::from_std(listener).context("cannot register the socket with the runtime")?;
+    Ok((listener, bound))
+}
+
+/// Removes the socket file this process bound when the daemon stops.
+struct SocketGuard(PathBuf);
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn report_licenses(device: &str, lic: &Licenses) {
+    for w in &lic.warnings {
+        tracing::warn!("licenses: {w}");
+    }
+    for r in &lic.rejected {
+        tracing::warn!(license = %r.id, "license record refused: {}", r.reason);
+    }
+    let now = lic.now(Utc::now());
+    let cap = lic.entitlement.cap_at(now);
+    if lic.bundle().is_some_and(|b| now >= b.not_after) {
+        tracing::error!(
+            "the license bundle ran out: built-in seats only until a fresh bundle arrives"
+        );
+    }
+    tracing::info!(
+        device,
+        generation = lic.bundle().map(|b| b.generation),
+        cap = cap.total(),
+        builtin = cap.builtin,
+        licensed = cap.licensed,
+        pooled = cap.pooled,
+        "licenses loaded"
+    );
+}

@@ -1,0 +1,321 @@
+//! The socket server's `Service`: decodes a request, checks the peer's
+//! rights, asks the admission core, and turns what happened into the answer
+//! and the log line. The one place where results and errors meet the wire.
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+
+use super::gateway::log_release_fault;
+use super::state::Shared;
+use crate::admission::access::{Peer, Rights};
+use crate::admission::protocol::{
+    self, AdmitRequest, AdmitResponse, DenyReason, ErrorCode, PongResponse, ReleaseResponse,
+    Request, Response, ServerKind,
+};
+use crate::admission::seats::{near_cap, Admission, Asker, Release};
+use crate::admission::server::{Bytes, Reply, Service, Undo};
+use crate::admission::table::{Decision, ServerId};
+use crate::sys::process::{self, Relation};
+use crate::text::shown;
+
+impl Service for Shared {
+    fn rights(&self, peer: &Peer) -> Rights {
+        self.policy.borrow().rights(peer)
+    }
+
+    fn handle(&self, peer: &Peer, rights: Rights, line: &[u8]) -> Reply {
+        let request = match protocol::decode(line) {
+            Ok(r) => r,
+            Err(resp) => return answer(resp),
+        };
+        let forbidden = |what: &str| {
+            answer(Response::error(
+                ErrorCode::Forbidden,
+                format!("this user may not {what}; see [admission] in the seatgate config"),
+            ))
+        };
+        match request {
+            Request::Ping => answer(Response::Pong(PongResponse {
+                ok: true,
+                pong: true,
+                version: env!("CARGO_PKG_VERSION").into(),
+            })),
+            Request::Admit(_) | Request::Release { .. } if !rights.seats => {
+                forbidden("admit or release sessions")
+            }
+            Request::Status if !rights.read => forbidden("read status"),
+            Request::Evict { .. } if !rights.operate => forbidden("evict sessions"),
+            Request::Admit(req) => self.admit(peer, &req),
+            Request::Release { key } => {
+                let asker = if rights.operate {
+                    Some(Asker::Operator)
+                } else {
+                    self.holder(peer, &key)
+                };
+                self.release(&key, asker)
+            }
+            Request::Evict { key } => self.release(&key, Some(Asker::Operator)),
+            Request::Status => self.status_reply(),
+        }
+    }
+
+    fn delivered(&self, undo: Undo, ok: bool) {
+        let mut state = self.lock();
+        let (undone, fault) = state.seats.answered(&undo.key, undo.instance, ok);
+        let in_use = state.seats.in_use();
+        drop(state);
+        log_release_fault(fault);
+        if undone.is_some() {
+            tracing::warn!(key = %shown(&undo.key), in_use, "the hook left before its admission could be answered (past its deadline); seat released");
+        }
+    }
+}
+
+/// How the kernel must relate a hook to the server it names, and the
+/// command names a server of that kind has.
+fn relation(kind: ServerKind) -> (Relation, fn(&str) -> bool) {
+    match kind {
+        ServerKind::Openvpn => (Relation::SelfOrAncestor, |c| c.starts_with("openvpn")),
+        ServerKind::Ocserv => (Relation::ChildOfAncestor, |c| c.starts_with("ocserv")),
+        ServerKind::Other => (Relation::SelfOrAncestor, |_| true),
+    }
+}
+
+/// The server process a hook names, found from the hook's own process
+/// (the kernel's peer credentials) and its ancestry, never from the
+/// number alone.
+fn locate(peer: &Peer, kind: ServerKind, claimed: u32) -> Option<ServerId> {
+    let (relation, named) = relation(kind);
+    let peer_pid = u32::try_from(peer.pid).ok()?;
+    let found = process::locate(
+        peer_pid,
+        claimed,
+        relation,
+        named,
+        process::read,
+        process::children,
+    )?;
+    Some(ServerId {
+        kind,
+        pid: found.pid,
+        start_ticks: found.start_ticks,
+        ns_pid: found.own_pid(),
+    })
+}
+
+fn alive(server: &ServerId) -> bool {
+    process::process_start_ticks(server.pid) == Some(server.start_ticks)
+}
+
+impl Shared {
+    fn admit(&self, peer: &Peer, req: &AdmitRequest) -> Reply {
+        let now = Utc::now();
+        // /proc is read outside the lock.
+        let server = locate(peer, req.server.kind, req.server.pid);
+        let mut state = self.lock();
+        let cap = state.cap(now, Instant::now());
+        let (admission, fault) = match server {
+            Some(server) => state.seats.admit(req, server, cap, now, alive),
+            None => (state.seats.deny(DenyReason::UnknownServer, cap), None),
+        };
+        let undo = match (&admission.decision, &admission.session) {
+            (Decision::Admitted { again }, Some(s)) => state
+                .seats
+                .answer_pending(&s.key, s.instance, !again)
+                .then(|| Undo {
+                    key: s.key.clone(),
+                    instance: s.instance,
+                }),
+            _ => None,
+        };
+        drop(state);
+        log_release_fault(fault);
+        log_admission(req, &admission);
+        Reply {
+            bytes: Bytes::Owned(Response::Admit(admit_response(&admission)).encode()),
+            undo,
+        }
+    }
+
+    /// The asker of a release by a hook: the server process holding the
+    /// key, if the kernel shows the hook belongs to it.
+    fn holder(&self, peer: &Peer, key: &str) -> Option<Asker> {
+        let server = self.peek().seats.table().get(key)?.server;
+        let found = locate(peer, server.kind, server.own_pid())?;
+        (found.pid == server.pid && found.start_ticks == server.start_ticks)
+            .then_some(Asker::Server(server))
+    }
+
+    fn release(&self, key: &str, asker: Option<Asker>) -> Reply {
+        let mut state = self.lock();
+        let (release, fault) = match asker {
+            Some(asker) => state.seats.release(key, asker),
+            None => match state.seats.table().get(key) {
+                Some(s) => (Release::NotYours(s.clone()), None),
+                None => (Release::NotHeld, None),
+            },
+        };
+        let in_use = state.seats.in_use();
+        drop(state);
+        log_release_fault(fault);
+        let released = match release {
+            Release::Released(s) => {
+                tracing::info!(key = %shown(key), user = %shown(&s.user), in_use, "seat released");
+                true
+            }
+            Release::NotHeld => false,
+            Release::NotYours(s) => {
+                tracing::warn!(key = %shown(key), holder_pid = s.server.pid, "release refused: the key is held by another VPN server process");
+                return answer(Response::error(
+                    ErrorCode::Forbidden,
+                    "this session is held by another VPN server process; only its own server's hooks (or an operator's evict) may release it",
+                ));
+            }
+        };
+        answer(Response::Release(ReleaseResponse {
+            ok: true,
+            released,
+            in_use,
+        }))
+    }
+
+    fn status_reply(&self) -> Reply {
+        let version = self.version();
+        let rendered = self.status_cache.get(version, Instant::now(), || {
+            let status = self.peek().status(Utc::now(), Instant::now());
+            serde_json::to_vec(&status).expect("a status always serialises")
+        });
+        Reply {
+            bytes: Bytes::Shared(rendered),
+            undo: None,
+        }
+    }
+}
+
+fn answer(response: Response) -> Reply {
+    Reply {
+        bytes: Bytes::Owned(response.encode()),
+        undo: None,
+    }
+}
+
+fn admit_response(a: &Admission) -> AdmitResponse {
+    match a.decision {
+        Decision::Admitted { again } => AdmitResponse {
+            ok: true,
+            admitted: true,
+            again,
+            reason: None,
+            message: None,
+            cap: a.cap,
+            in_use: a.in_use,
+        },
+        Decision::Denied(reason) => AdmitResponse {
+            ok: true,
+            admitted: false,
+            again: false,
+            reason: Some(reason),
+            message: Some(deny_message(reason, a.cap, a.in_use)),
+            cap: a.cap,
+            in_use: a.in_use,
+        },
+    }
+}
+
+fn log_admission(req: &AdmitRequest, a: &Admission) {
+    let (key, user, remote) = (shown(&req.key), shown(&req.user), shown(&req.remote));
+    let (cap, in_use) = (a.cap, a.in_use);
+    if let Some(e) = &a.fault {
+        tracing::error!(%key, error = %e, "cannot record the session in the runtime directory; denying it");
+    }
+    match a.decision {
+        Decision::Admitted { again: true } => {}
+        Decision::Admitted { again: false } => {
+            tracing::info!(%key, %user, %remote, in_use, cap, "seat admitted");
+            if in_use == near_cap(cap) {
+                tracing::warn!(
+                    in_use,
+                    cap,
+                    "seats nearly exhausted: {in_use} of {cap} in use"
+                );
+            }
+        }
+        Decision::Denied(reason) => {
+            let message = deny_message(reason, cap, in_use);
+            tracing::info!(%key, %user, %remote, ?reason, in_use, cap, "seat denied: {message}");
+        }
+    }
+}
+
+fn deny_message(reason: DenyReason, cap: u32, in_use: u32) -> String {
+    match reason {
+        DenyReason::CapReached => format!("all {cap} seats are in use"),
+        DenyReason::OverCap => format!(
+            "{in_use} sessions hold seats but the cap is now {cap}; new sessions wait until {} end",
+            in_use.saturating_sub(cap) + 1
+        ),
+        DenyReason::NoLicense => {
+            "the seat cap is 0: no built-in seats and no active license".into()
+        }
+        DenyReason::UnknownServer | DenyReason::NotYourServer => {
+            "the VPN server process named in the request is not the calling hook's own server (the kernel shows no such process among its ancestors); run the hook from the VPN server it names".into()
+        }
+        DenyReason::Internal => "the daemon could not record the session; see its log".into(),
+        DenyReason::KeyHeld => {
+            "this session key is held by another VPN server process that is still running".into()
+        }
+    }
+}
+
+/// One status rendering shared by every reader until the state changes,
+/// and a budget on the renderings alive at once: readers that never read
+/// their answers hold them, so past the budget they get the newest one
+/// again instead of a fresh copy each.
+#[derive(Default)]
+pub struct StatusCache(Mutex<Renderings>);
+
+#[derive(Default)]
+struct Renderings {
+    latest: Option<(u64, Instant, Arc<[u8]>)>,
+    alive: Vec<Weak<[u8]>>,
+}
+
+/// A rendering is fresh for this long (status shows times and the cap,
+/// which move with the clock alone).
+const FRESH: Duration = Duration::from_secs(1);
+/// The most bytes of status renderings alive at once before readers get
+/// the newest existing one instead of a new one.
+const BUDGET: usize = 8 << 20;
+
+impl StatusCache {
+    fn get(&self, version: u64, now: Instant, render: impl FnOnce() -> Vec<u8>) -> Arc<[u8]> {
+        let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((v, at, bytes)) = &r.latest {
+            if *v == version && now.duration_since(*at) < FRESH {
+                return bytes.clone();
+            }
+        }
+        r.alive.retain(|w| w.strong_count() > 0);
+        if let Some((_, _, latest)) = &r.latest {
+            let older: usize = r
+                .alive
+                .iter()
+                .filter_map(Weak::upgrade)
+                .filter(|b| !Arc::ptr_eq(b, latest))
+                .map(|b| b.len())
+                .sum();
+            if older > BUDGET {
+                return latest.clone();
+            }
+        }
+        let mut line = br#"{"ok":true,"status":"#.to_vec();
+        line.extend_from_slice(&render());
+        line.extend_from_slice(b"}\n");
+        let bytes: Arc<[u8]> = line.into();
+        r.alive.push(Arc::downgrade(&bytes));
+        r.latest = Some((version, now, bytes.clone()));
+        bytes
+    }
+}

@@ -1,0 +1,232 @@
+//! The gateway's state in one place: the admission core, the licenses in
+//! force, the book of pool leases and the cloud's sync record, behind one
+//! lock so every decision sees one cap and one count. The cap, the pool
+//! reports and the status are computed here from that state (pure, the
+//! instants are arguments); `Shared` adds the lock and what the tasks share.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+use crate::admission::access::Policy;
+use crate::admission::seats::Seats;
+use crate::cloud::policy::SyncRecord;
+use crate::cloud::wire::{PoolReport, POOL_HEADROOM};
+use crate::config::Config;
+use crate::license::in_force::Licenses;
+use crate::license::lease::{pool_usage, LeaseBook};
+use crate::license::Cap;
+use crate::status::{PoolStatus, Rounds, Status};
+
+pub struct State {
+    pub device: String,
+    pub seats: Seats,
+    pub licenses: Licenses,
+    /// Slice leases of shared pools (docs/pools.md).
+    pub leases: LeaseBook,
+    /// The cloud sync's record, for status (None without `[cloud]`).
+    pub cloud: Option<SyncRecord>,
+    /// Why a state file could not be read or written, for status.
+    pub file_warnings: Vec<String>,
+    /// `denials` when the last pool report was delivered.
+    pub denials_reported: u64,
+    /// Background rounds finished, for status (and tests that wait for them).
+    pub rounds: Rounds,
+}
+
+impl State {
+    pub fn cap_parts(&self, system: DateTime<Utc>, mono: Instant) -> Cap {
+        self.licenses
+            .entitlement
+            .cap_with(self.licenses.now(system), &self.leases.slices(mono))
+    }
+
+    pub fn cap(&self, system: DateTime<Utc>, mono: Instant) -> u32 {
+        self.cap_parts(system, mono).total()
+    }
+
+    /// The pools to report, in report order: leased pools of the licenses
+    /// in force (by id), then pools this gateway left but has not reported
+    /// drained (remembered across restarts in `pools.json`). With each: its
+    /// slice at `mono` (0 without a valid lease) and whether it is a member.
+    fn report_pools(&self, system: DateTime<Utc>, mono: Instant) -> Vec<(String, u32, bool)> {
+        let now = self.licenses.now(system);
+        let mut pools: Vec<(String, u32, bool)> = self
+            .licenses
+            .entitlement
+            .leased_pools(now)
+            .into_iter()
+            .map(|p| {
+                let slice = self.leases.slice(&p.id, mono).unwrap_or(0);
+                (p.id.clone(), slice, true)
+            })
+            .collect();
+        let left: Vec<String> = self
+            .leases
+            .pools()
+            .filter(|id| !pools.iter().any(|(p, _, _)| p == id))
+            .map(str::to_string)
+            .collect();
+        pools.extend(left.into_iter().map(|id| (id, 0, false)));
+        pools
+    }
+
+    /// This gateway's pool usage and demand, for the cloud (docs/pools.md).
+    pub fn pool_reports(&self, system: DateTime<Utc>, mono: Instant) -> Vec<PoolReport> {
+        let pools = self.report_pools(system, mono);
+        let cap = self.cap_parts(system, mono);
+        let table = self.seats.table();
+        let beyond = table
+            .in_use()
+            .saturating_sub(cap.builtin.saturating_add(cap.licensed));
+        let slices: Vec<(&str, u32)> = pools.iter().map(|(p, s, _)| (p.as_str(), *s)).collect();
+        let usage = pool_usage(beyond, &slices);
+        let denied =
+            u32::try_from(table.denials.saturating_sub(self.denials_reported)).unwrap_or(u32::MAX);
+        pools
+            .iter()
+            .zip(usage)
+            .map(|((pool, _, member), in_use)| PoolReport {
+                pool: pool.clone(),
+                in_use,
+                wanted: if *member {
+                    in_use.saturating_add(POOL_HEADROOM).saturating_add(denied)
+                } else {
+                    0
+                },
+                // A pool left is no longer used here, whatever its lease says.
+                held_epoch: self.leases.held_epoch(pool, mono).filter(|_| *member),
+            })
+            .collect()
+    }
+
+    /// The pools this gateway may lease now (from the licenses in force).
+    pub fn leased_pools(&self, system: DateTime<Utc>) -> Vec<String> {
+        let now = self.licenses.now(system);
+        self.licenses
+            .entitlement
+            .leased_pools(now)
+            .into_iter()
+            .map(|p| p.id.clone())
+            .collect()
+    }
+
+    /// What status shows of each pool.
+    fn pool_status(&self, system: DateTime<Utc>, mono: Instant) -> Vec<PoolStatus> {
+        let now = self.licenses.now(system);
+        let reports = self.pool_reports(system, mono);
+        let usage = |id: &str| {
+            reports
+                .iter()
+                .find(|r| r.pool == id)
+                .map_or(0, |r| r.in_use)
+        };
+        let expiry = |id: &str| {
+            self.leases.get(id).map(|h| {
+                let left = h.expires.saturating_duration_since(mono);
+                let wall = system + chrono::Duration::from_std(left).unwrap_or_default();
+                (wall, h.expires > mono)
+            })
+        };
+        let mut out: Vec<PoolStatus> = Vec::new();
+        for lic in &self.licenses.entitlement.licenses {
+            let Some(p) = &lic.pool else { continue };
+            let leased = p.static_share().is_none();
+            let (lease_expires, valid) = expiry(&p.id).map_or((None, false), |(w, v)| (Some(w), v));
+            let slice = match (lic.counts_at(now), leased, valid) {
+                (false, _, _) => 0,
+                (true, true, true) => self.leases.slice(&p.id, mono).unwrap_or(0),
+                (true, true, false) => 0,
+                (true, false, _) => p.static_share().unwrap_or(0),
+            };
+            out.push(PoolStatus {
+                id: p.id.clone(),
+                license: lic.id.clone(),
+                seats: p.seats,
+                leased,
+                slice,
+                in_use: usage(&p.id),
+                lease_expires,
+                lease_valid: valid,
+                others: p
+                    .members
+                    .iter()
+                    .filter(|m| **m != self.device)
+                    .cloned()
+                    .collect(),
+            });
+        }
+        out
+    }
+
+    pub fn status(&self, system: DateTime<Utc>, mono: Instant) -> Status {
+        let mut status = Status::build(
+            &self.device,
+            self.seats.table(),
+            &self.licenses,
+            self.cloud.as_ref(),
+            self.licenses.now(system),
+            &self.leases.slices(mono),
+            self.pool_status(system, mono),
+        );
+        status.warnings.extend(self.file_warnings.iter().cloned());
+        status.rounds = self.rounds;
+        status
+    }
+}
+
+/// What the daemon's tasks share: the state behind its lock, the running
+/// config and peer policy (replaced whole on SIGHUP), and the persistence
+/// writer's doorbell.
+pub struct Shared {
+    state: Mutex<State>,
+    /// Counts `lock` calls: a status rendering is current while it stays.
+    touched: AtomicU64,
+    pub config: watch::Receiver<Arc<Config>>,
+    pub policy: watch::Receiver<Arc<Policy>>,
+    pub persist: super::persist::Doorbell,
+    pub status_cache: super::service::StatusCache,
+}
+
+impl Shared {
+    pub fn new(
+        state: State,
+        config: watch::Receiver<Arc<Config>>,
+        policy: watch::Receiver<Arc<Policy>>,
+        persist: super::persist::Doorbell,
+    ) -> Shared {
+        Shared {
+            state: Mutex::new(state),
+            touched: AtomicU64::new(0),
+            config,
+            policy,
+            persist,
+            status_cache: Default::default(),
+        }
+    }
+
+    /// Locks the state. A panic while holding the lock cannot leave the
+    /// table half-changed (every change is one map operation), so a
+    /// poisoned lock is taken over rather than taking the daemon down.
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.touched.fetch_add(1, Ordering::Relaxed);
+        self.peek()
+    }
+
+    /// Locks the state to read it: a caller that changes nothing.
+    pub fn peek(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes whenever the state may have changed.
+    pub fn version(&self) -> u64 {
+        self.touched.load(Ordering::Relaxed)
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config.borrow().clone()
+    }
+}

@@ -1,0 +1,186 @@
+//! The daemon's background duties, each a loop that stops on the shared
+//! CancellationToken: reaping the sessions of dead VPN server processes,
+//! logging cap changes on time, the systemd watchdog, and SIGHUP reloads.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::gateway::release_server;
+use super::state::Shared;
+use crate::admission::access::Policy;
+use crate::config::{self, Config};
+use crate::license::disk;
+use crate::sys;
+
+/// Releases the sessions of VPN server processes that are gone.
+pub fn reap(shared: &Shared) {
+    let servers = shared.peek().seats.servers();
+    for server in servers {
+        if sys::process::process_start_ticks(server.pid) != Some(server.start_ticks) {
+            release_server(shared, server);
+        }
+    }
+    shared.lock().rounds.reap += 1;
+}
+
+pub async fn reaper(shared: Arc<Shared>, every: Duration, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while cancel.run_until_cancelled(tick.tick()).await.is_some() {
+        reap(&shared);
+    }
+}
+
+/// Logs cap changes when the timeline reaches a step and has the clock's
+/// high-water mark written at least once a minute. Admission computes the
+/// cap from the clock on every request, so the cap itself never waits.
+pub async fn ticker(shared: Arc<Shared>, cancel: CancellationToken) {
+    let mut last_cap = shared.peek().cap(Utc::now(), Instant::now());
+    loop {
+        let wait = {
+            let state = shared.peek();
+            let now = state.licenses.now(Utc::now());
+            let next = state.licenses.entitlement.next_change(now);
+            next.map_or(Duration::from_secs(60), |s| {
+                (s.at - now)
+                    .to_std()
+                    .unwrap_or_default()
+                    .min(Duration::from_secs(60))
+            })
+        };
+        let sleep = tokio::time::sleep(wait + Duration::from_millis(5));
+        if cancel.run_until_cancelled(sleep).await.is_none() {
+            return;
+        }
+        let (cap, in_use, ran_out) = {
+            let state = shared.peek();
+            let now = state.licenses.now(Utc::now());
+            let ran_out = state.licenses.bundle().is_some_and(|b| now >= b.not_after);
+            (
+                state.cap(Utc::now(), Instant::now()),
+                state.seats.in_use(),
+                ran_out,
+            )
+        };
+        if cap != last_cap {
+            tracing::warn!(
+                from = last_cap,
+                to = cap,
+                in_use,
+                over_cap_by = in_use.saturating_sub(cap),
+                "the seat cap changed"
+            );
+            last_cap = cap;
+            if ran_out {
+                tracing::error!(
+                    "the license bundle ran out: built-in seats only until a fresh bundle arrives (check the cloud sync in `seatgate status`)"
+                );
+            }
+        }
+        shared.persist.ring();
+    }
+}
+
+pub async fn watchdog(every: Duration, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    while cancel.run_until_cancelled(tick.tick()).await.is_some() {
+        sys::systemd::notify("WATCHDOG=1");
+    }
+}
+
+/// The peer rules a config sets, with names looked up (NSS: blocking).
+pub fn policy(config: &Config) -> Policy {
+    let a = &config.admission;
+    let ids =
+        |names: &[String], f: fn(&str) -> Option<u32>| names.iter().filter_map(|n| f(n)).collect();
+    Policy {
+        own_uid: nix::unistd::geteuid().as_raw(),
+        vpn_uids: ids(&a.vpn_users, sys::users::uid_of),
+        vpn_gids: ids(&a.vpn_groups, sys::users::gid_of),
+        operator_gids: ids(&a.operator_groups, sys::users::gid_of),
+        status_public: a.status_public,
+    }
+}
+
+/// Where a reload's results go.
+pub struct Publish {
+    pub config: watch::Sender<Arc<Config>>,
+    pub policy: watch::Sender<Arc<Policy>>,
+}
+
+/// SIGHUP: re-read the config and the licenses; sessions stay. The new
+/// config is published, so the cloud loops pick up a changed `[cloud]` at once.
+pub async fn reloader(
+    path: PathBuf,
+    shared: Arc<Shared>,
+    publish: Publish,
+    cancel: CancellationToken,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload needs a restart");
+        return;
+    };
+    while cancel
+        .run_until_cancelled(hup.recv())
+        .await
+        .flatten()
+        .is_some()
+    {
+        sys::systemd::notify("RELOADING=1");
+        // The reload reads the state directory: first make sure it holds
+        // what is in force (a bundle the cloud just sent may not be written).
+        shared.persist.flush().await;
+        // File reads, user lookups: off the single runtime thread.
+        let (p, s) = (path.clone(), shared.clone());
+        match tokio::task::spawn_blocking(move || reload(&p, &s)).await {
+            Ok(Some((config, policy))) => {
+                publish.policy.send_replace(Arc::new(policy));
+                publish.config.send_replace(Arc::new(config));
+                tracing::info!("config and licenses reloaded; sessions kept");
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "the reload did not finish; the running config stays")
+            }
+        }
+        sys::systemd::notify("READY=1");
+    }
+}
+
+fn reload(path: &std::path::Path, shared: &Shared) -> Option<(Config, Policy)> {
+    let new = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("reload refused, keeping the running config: {e}");
+            return None;
+        }
+    };
+    let current = shared.config();
+    if new.socket != current.socket
+        || new.runtime_dir != current.runtime_dir
+        || new.device != current.device
+        || new.reconcile != current.reconcile
+        || new.admission.max_connections != current.admission.max_connections
+    {
+        tracing::warn!(
+            "socket, runtime_dir, device, max_connections and [[reconcile]] changes take effect at the next restart"
+        );
+    }
+    let lic = disk::load(
+        &new.state_dir,
+        new.bundle_file.as_deref(),
+        &new.license_rules(),
+        Utc::now(),
+    );
+    super::report_licenses(&new.device, &lic);
+    shared.lock().licenses = lic;
+    shared.persist.ring();
+    let policy = policy(&new);
+    Some((new, policy))
+}

@@ -1,0 +1,165 @@
+//! The licenses' files in the state directory: the last accepted bundle,
+//! the clock's high-water mark and what the book of pool leases must
+//! remember across a restart (`pools.json`, docs/pools.md), plus an
+//! operator-supplied bundle file. The one part of `license/` that does I/O;
+//! what the texts mean is decided by `in_force::resolve`.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+
+use super::bundle::Signed;
+use super::in_force::{self, ClockState, Licenses, Rules};
+use super::lease::Remembered;
+use crate::store;
+
+pub const BUNDLE_FILE: &str = "bundle.json";
+pub const CLOCK_FILE: &str = "clock.json";
+pub const POOLS_FILE: &str = "pools.json";
+/// The state directory is the daemon's own (and its group's).
+const DIR_MODE: u32 = 0o750;
+const FILE_MODE: u32 = 0o640;
+
+/// Why `pools.json` could not be read or written. Neither ever costs a seat
+/// count: the book in memory stays as it is.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolsFileError {
+    #[error("cannot read {}: {source}; pools left before the restart are not reported to the cloud (their seats stay held there) until the file is readable; check the state directory", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not a pool record ({source}); pools left before the restart are not reported to the cloud (their seats stay held there); the file is rewritten at the next lease", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot write {}: {source}; a restart now would forget the pools and lease epochs since the last write; check the state directory", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Reads the state directory and the bundle file and resolves them.
+/// Reads only: the `write_*` functions write.
+pub fn load(
+    state_dir: &Path,
+    bundle_file: Option<&Path>,
+    rules: &Rules,
+    system: DateTime<Utc>,
+) -> Licenses {
+    let mut warnings = Vec::new();
+    let mut read = |path: &Path| match store::read_optional(path) {
+        Ok(text) => text,
+        Err(e) => {
+            warnings.push(format!("cannot read {}: {e}", path.display()));
+            None
+        }
+    };
+    let stored = read(&state_dir.join(BUNDLE_FILE));
+    let clock = read(&state_dir.join(CLOCK_FILE));
+    let file = bundle_file.and_then(|p| read(p).map(|t| (p.to_path_buf(), t)));
+    let mut lic = in_force::resolve(
+        rules,
+        stored.as_deref(),
+        file.as_ref().map(|(p, t)| (p.as_path(), t.as_str())),
+        clock.as_deref(),
+        system,
+    );
+    warnings.append(&mut lic.warnings);
+    lic.warnings = warnings;
+    lic
+}
+
+/// Stores an accepted bundle atomically.
+pub fn write_bundle(state_dir: &Path, signed: &Signed) -> std::io::Result<()> {
+    store::ensure_dir(state_dir, DIR_MODE)?;
+    store::write_atomic(
+        &state_dir.join(BUNDLE_FILE),
+        signed.to_json().as_bytes(),
+        FILE_MODE,
+    )
+}
+
+/// Stores the clock's high-water mark atomically.
+pub fn write_clock(state_dir: &Path, high_water: DateTime<Utc>) -> std::io::Result<()> {
+    store::ensure_dir(state_dir, DIR_MODE)?;
+    let text = serde_json::to_string(&ClockState { high_water }).expect("clock state serialises");
+    store::write_atomic(&state_dir.join(CLOCK_FILE), text.as_bytes(), FILE_MODE)
+}
+
+/// Reads what the lease book remembered (nothing yet: an empty record).
+pub fn load_pools(state_dir: &Path) -> Result<Remembered, PoolsFileError> {
+    let path = state_dir.join(POOLS_FILE);
+    match store::read_optional(&path) {
+        Ok(None) => Ok(Remembered::default()),
+        Ok(Some(text)) => {
+            serde_json::from_str(&text).map_err(|source| PoolsFileError::Parse { path, source })
+        }
+        Err(source) => Err(PoolsFileError::Read { path, source }),
+    }
+}
+
+/// Stores what the lease book must remember, atomically.
+pub fn write_pools(state_dir: &Path, saved: &Remembered) -> Result<(), PoolsFileError> {
+    let path = state_dir.join(POOLS_FILE);
+    let text = serde_json::to_string(saved).expect("a pool record serialises");
+    store::ensure_dir(state_dir, DIR_MODE)
+        .and_then(|()| store::write_atomic(&path, text.as_bytes(), FILE_MODE))
+        .map_err(|source| PoolsFileError::Write { path, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::license::in_force::tests::{rules, signed};
+    use crate::license::model::tests::t;
+
+    #[test]
+    fn persisted_high_water_holds_the_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, file) = (dir.path(), dir.path().join("in.json"));
+        std::fs::write(&file, signed(1, 20, 1)).unwrap();
+        let lic = load(state, Some(&file), &rules(), t("2027-02-01T00:00:00Z"));
+        write_bundle(state, lic.signed().unwrap()).unwrap();
+        write_clock(state, lic.now(t("2027-02-01T00:00:00Z"))).unwrap();
+        // Clock set back a year, file gone: the stored bundle and the high water remain.
+        std::fs::remove_file(&file).unwrap();
+        let lic = load(state, None, &rules(), t("2026-02-01T00:00:00Z"));
+        assert_eq!(lic.bundle().map(|b| b.generation), Some(1));
+        let now = lic.now(t("2026-02-01T00:00:00Z"));
+        assert_eq!(now, t("2027-02-01T00:00:00Z"));
+        assert_eq!(
+            lic.entitlement.cap_at(now).total(),
+            2,
+            "expired license stays expired"
+        );
+    }
+
+    #[test]
+    fn pools_file_round_trips_and_a_bad_one_is_an_error() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        assert_eq!(
+            load_pools(&state).unwrap(),
+            Remembered::default(),
+            "no file yet"
+        );
+        let saved = Remembered {
+            pools: [("POOL-L1".to_string(), 7)].into(),
+        };
+        write_pools(&state, &saved).unwrap();
+        assert_eq!(load_pools(&state).unwrap(), saved);
+        let path = state.join(POOLS_FILE);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o640);
+        std::fs::write(&path, "{not json").unwrap();
+        let err = load_pools(&state).unwrap_err().to_string();
+        assert!(err.contains("pools.json is not a pool record"), "{err}");
+    }
+}

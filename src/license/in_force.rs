@@ -1,0 +1,211 @@
+//! The licenses in force: the accepted bundle, its entitlement, the records
+//! it refused and the clock's high-water mark, and how a new bundle (from
+//! the cloud, a file or the state directory) replaces them. Pure: the texts,
+//! the rules and the instant are arguments; `disk` reads and writes them.
+
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use ed25519_dalek::VerifyingKey;
+use serde::{Deserialize, Serialize};
+
+use super::bundle::{self, Acceptance, Bundle, BundleError, Signed};
+use super::time::effective_now;
+use super::{Entitlement, Rejected};
+
+/// What this gateway accepts: bundles for `device`, signed by one of
+/// `trusted_keys`, on top of `builtin` seats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rules {
+    pub device: String,
+    pub trusted_keys: Vec<VerifyingKey>,
+    pub builtin: u32,
+}
+
+/// The licenses in force and where they came from.
+#[derive(Debug, Clone)]
+pub struct Licenses {
+    /// The accepted bundle, signed form and decoded form.
+    pub current: Option<(Signed, Bundle)>,
+    pub entitlement: Entitlement,
+    pub rejected: Vec<Rejected>,
+    /// Highest instant seen so far: the clock never goes back behind it.
+    pub high_water: Option<DateTime<Utc>>,
+    /// Problems met while loading (a bad bundle file, an unreadable state file).
+    pub warnings: Vec<String>,
+}
+
+/// The clock's high-water mark as the state directory keeps it.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct ClockState {
+    pub high_water: DateTime<Utc>,
+}
+
+impl Licenses {
+    pub fn builtin_only(builtin: u32) -> Self {
+        Licenses {
+            current: None,
+            entitlement: Entitlement::builtin_only(builtin),
+            rejected: Vec::new(),
+            high_water: None,
+            warnings: Vec::new(),
+        }
+    }
+
+    pub fn bundle(&self) -> Option<&Bundle> {
+        self.current.as_ref().map(|(_, b)| b)
+    }
+
+    pub fn signed(&self) -> Option<&Signed> {
+        self.current.as_ref().map(|(s, _)| s)
+    }
+
+    /// The engine's now for a given system time: never behind what was seen.
+    pub fn now(&self, system: DateTime<Utc>) -> DateTime<Utc> {
+        effective_now(system, self.high_water, self.bundle().map(|b| b.issued_at))
+    }
+
+    /// Offers a new signed bundle (from the cloud or a file). Accepted, it
+    /// replaces the current one and the answer says whether it differs;
+    /// refused, nothing changes.
+    pub fn offer(
+        &mut self,
+        rules: &Rules,
+        text: &str,
+        system: DateTime<Utc>,
+    ) -> Result<bool, BundleError> {
+        let acceptance = Acceptance {
+            device: &rules.device,
+            last_generation: self.bundle().map(|b| b.generation),
+            now: self.now(system),
+        };
+        let (signed, bundle) = bundle::accept(text, &rules.trusted_keys, acceptance)?;
+        if self.signed() == Some(&signed) {
+            return Ok(false);
+        }
+        let (entitlement, rejected) = bundle.entitlement(rules.builtin);
+        self.entitlement = entitlement;
+        self.rejected = rejected;
+        self.current = Some((signed, bundle));
+        Ok(true)
+    }
+}
+
+/// Decides what is in force from the texts found on disk. The stored bundle
+/// is re-verified (the state directory is not trusted more than the cloud);
+/// the bundle file is offered on top of it and wins only if acceptable.
+pub fn resolve(
+    rules: &Rules,
+    stored: Option<&str>,
+    file: Option<(&Path, &str)>,
+    clock: Option<&str>,
+    system: DateTime<Utc>,
+) -> Licenses {
+    let mut lic = Licenses::builtin_only(rules.builtin);
+    if let Some(text) = clock {
+        match serde_json::from_str::<ClockState>(text) {
+            Ok(c) => lic.high_water = Some(c.high_water),
+            Err(e) => lic.warnings.push(format!(
+                "{}: unreadable ({e}); the clock high-water mark starts again from now",
+                super::disk::CLOCK_FILE
+            )),
+        }
+    }
+    if let Some(text) = stored {
+        if let Err(e) = lic.offer(rules, text, system) {
+            lic.warnings
+                .push(format!("stored {} refused: {e}", super::disk::BUNDLE_FILE));
+        }
+    }
+    if let Some((path, text)) = file {
+        if let Err(e) = lic.offer(rules, text, system) {
+            lic.warnings
+                .push(format!("bundle file {} refused: {e}", path.display()));
+        }
+    }
+    lic
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::license::bundle::{sign, FORMAT};
+    use crate::license::model::tests::{spc, t};
+    use ed25519_dalek::SigningKey;
+
+    pub(crate) fn rules() -> Rules {
+        Rules {
+            device: "ESG-A1".into(),
+            trusted_keys: vec![SigningKey::from_bytes(&[1; 32]).verifying_key()],
+            builtin: 2,
+        }
+    }
+
+    pub(crate) fn signed(generation: u64, seats: u32, key: u8) -> String {
+        let b = Bundle {
+            format: FORMAT,
+            device: "ESG-A1".into(),
+            org: "O".into(),
+            generation,
+            issued_at: t("2026-06-01T00:00:00Z"),
+            not_after: t("2027-06-01T00:00:00Z"),
+            licenses: vec![spc("L1", seats, 365, "2026-01-10T00:00:00Z")],
+        };
+        sign(&b, &SigningKey::from_bytes(&[key; 32])).to_json()
+    }
+
+    pub(crate) fn cap(lic: &Licenses) -> u32 {
+        let now = lic.now(t("2026-06-02T00:00:00Z"));
+        lic.entitlement.cap_at(now).total()
+    }
+
+    #[test]
+    fn nothing_on_disk_gives_builtin_seats() {
+        let lic = resolve(&rules(), None, None, None, t("2026-06-02T00:00:00Z"));
+        assert_eq!(cap(&lic), 2);
+        assert!(lic.warnings.is_empty());
+    }
+
+    #[test]
+    fn newer_file_replaces_stored_and_older_file_is_refused() {
+        let c = rules();
+        let now = t("2026-06-02T00:00:00Z");
+        let newer = signed(4, 30, 1);
+        let lic = resolve(
+            &c,
+            Some(&signed(3, 20, 1)),
+            Some((Path::new("f"), &newer)),
+            None,
+            now,
+        );
+        assert_eq!(cap(&lic), 32);
+        assert_eq!(lic.bundle().map(|b| b.generation), Some(4));
+        let lic = resolve(
+            &c,
+            Some(&signed(3, 20, 1)),
+            Some((Path::new("f"), &signed(2, 99, 1))),
+            None,
+            now,
+        );
+        assert_eq!(cap(&lic), 22, "replayed older file must not win");
+        assert_eq!(lic.bundle().map(|b| b.generation), Some(3));
+        assert!(
+            lic.warnings[0].contains("older than the accepted generation 3"),
+            "{:?}",
+            lic.warnings
+        );
+    }
+
+    #[test]
+    fn tampered_state_file_is_refused_and_said() {
+        let c = rules();
+        let forged = signed(9, 500, 2);
+        let lic = resolve(&c, Some(&forged), None, None, t("2026-06-02T00:00:00Z"));
+        assert_eq!(cap(&lic), 2);
+        assert!(
+            lic.warnings[0].contains("stored bundle.json refused: signature"),
+            "{:?}",
+            lic.warnings
+        );
+    }
+}
