@@ -322,6 +322,10 @@ fn malformed_input_gets_errors_while_others_are_served() {
 
 #[test]
 fn a_peer_that_is_not_allowed_cannot_admit_or_read() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test runs its peer as nobody (uid 65534), which needs root; run `sudo scripts/test`"
+    );
     let gw = Gateway::with_config(
         0,
         "socket_mode = \"0666\"\nvpn_users = []\noperator_groups = []",

@@ -3,6 +3,7 @@ pub mod util;
 mod cli;
 mod cloud;
 mod daemon;
+mod examples;
 mod pools;
 mod systemd;
 mod vpn;

@@ -16,7 +16,7 @@ fn socket_activation_and_notify_protocol() {
     let activate = "/usr/bin/systemd-socket-activate";
     assert!(
         std::path::Path::new(activate).exists(),
-        "{activate} is missing: .ci/run installs Debian's systemd package"
+        "{activate} is missing: `sudo scripts/test` installs Debian's systemd package"
     );
     let gw = Gateway::new(3);
     let notify_path = gw.path("notify.sock");

@@ -36,12 +36,13 @@ pub fn require_tools() {
         .collect();
     assert!(
         missing.is_empty(),
-        "the VPN integration tests need {missing:?}; .ci/run installs them \
-         (apt-get install openvpn ocserv openconnect socat iproute2 openssl)"
+        "the VPN integration tests need {missing:?}; run `sudo scripts/test`, which installs them \
+         (apt-get install openvpn ocserv openconnect socat iproute2 util-linux openssl)"
     );
     assert!(
         nix::unistd::geteuid().is_root(),
-        "the VPN integration tests need root (network namespaces, tun devices); .ci/run runs as root"
+        "the VPN integration tests need root (network namespaces, tun devices) and fail without it; \
+         run `sudo scripts/test`"
     );
 }
 
