@@ -47,12 +47,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Operator: free a session's seat by hand (the key as `status` shows it).
+    /// Operator: free a session's seat by hand (the key as `status` shows
+    /// it), or with --lost the seats of sessions lost with a damaged snapshot.
     Evict {
         #[command(flatten)]
         target: SocketArg,
-        #[arg(value_name = "KEY")]
-        key: String,
+        #[arg(
+            value_name = "KEY",
+            required_unless_present = "lost",
+            conflicts_with = "lost"
+        )]
+        key: Option<String>,
+        /// Free the seats status shows as lost (check first that the VPN
+        /// servers hold no more sessions than status lists).
+        #[arg(long)]
+        lost: bool,
     },
     /// The VPN server's hook: exit 0 admits, 1 rejects.
     #[command(subcommand)]
@@ -177,7 +186,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
         Command::Run(c) => run(c.config.as_deref()),
         Command::Status { target, json } => status(&target.path(), json),
-        Command::Evict { target, key } => evict(&target.path(), key),
+        Command::Evict { target, key, .. } => evict(&target.path(), key),
         Command::Hook(cmd) => {
             let env: std::collections::HashMap<String, String> = std::env::vars().collect();
             let (name, args, action) = match cmd {
@@ -241,14 +250,17 @@ fn status(socket: &Path, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn evict(socket: &Path, key: String) -> Result<ExitCode> {
-    match client::call(
-        socket,
-        &Request::Evict { key: key.clone() },
-        OPERATOR_TIMEOUT,
-    )? {
-        Response::Release(r) if r.released => println!("released {key}; {} seats in use", r.in_use),
-        Response::Release(_) => bail!("no session {key:?} holds a seat (see `seatgate status`)"),
+fn evict(socket: &Path, key: Option<String>) -> Result<ExitCode> {
+    let request = match &key {
+        Some(key) => Request::Evict { key: key.clone() },
+        None => Request::ForgetLost,
+    };
+    let what = key.map_or("the lost sessions' seats".to_string(), |k| format!("{k:?}"));
+    match client::call(socket, &request, OPERATOR_TIMEOUT)? {
+        Response::Release(r) if r.released => {
+            println!("released {what}; {} seats in use", r.in_use)
+        }
+        Response::Release(_) => bail!("{what}: nothing holds a seat (see `seatgate status`)"),
         Response::Error(e) => bail!("{}: {}", socket.display(), e.error.message),
         other => bail!("{}: unexpected answer {other:?}", socket.display()),
     }

@@ -86,6 +86,7 @@ struct RawAdmission {
     operator_groups: Option<Vec<String>>,
     status_public: Option<bool>,
     server_check_ms: Option<u64>,
+    lock_wait_ms: Option<u64>,
 }
 
 /// What to do with sessions already admitted when the cap drops below them.
@@ -190,6 +191,9 @@ pub struct Admission {
     pub status_public: bool,
     /// How often VPN server processes are checked for life.
     pub server_check: Duration,
+    /// How long a starting daemon waits for another one on the same
+    /// runtime directory to stop before it refuses to start.
+    pub lock_wait: Duration,
 }
 
 /// One thing wrong with a config, with the key and what to do.
@@ -312,6 +316,9 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<Problem>> {
         a.server_check_ms,
         500,
     );
+    let lock_wait = a
+        .lock_wait_ms
+        .map_or(Duration::from_secs(10), Duration::from_millis);
     let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
     let reconcile = raw
         .reconcile
@@ -350,6 +357,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<Problem>> {
             operator_groups: a.operator_groups.unwrap_or_else(|| vec!["adm".into()]),
             status_public: a.status_public.unwrap_or(false),
             server_check,
+            lock_wait,
         },
         reconcile,
         cloud,

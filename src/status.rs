@@ -33,6 +33,11 @@ pub struct Status {
     #[serde(default)]
     pub daily_peaks: Vec<DayPeak>,
     pub denials: u64,
+    /// Seats held by sessions that could not be read back after a damaged
+    /// snapshot (included in `in_use`): held until the VPN servers' own
+    /// lists account for them or an operator clears them.
+    #[serde(default)]
+    pub lost: u32,
     pub next_change: Option<Step>,
     pub timeline: Vec<Step>,
     pub bundle: Option<BundleInfo>,
@@ -47,6 +52,11 @@ pub struct Status {
     /// Background rounds finished since the daemon started.
     #[serde(default)]
     pub rounds: Rounds,
+    /// Admission answers that could not be delivered since the daemon
+    /// started (their hooks had given up); such an admission is undone
+    /// unless another answer for it was delivered.
+    #[serde(default)]
+    pub unanswered: u64,
 }
 
 /// How many rounds each background duty has finished: proof that the
@@ -205,6 +215,7 @@ impl Status {
                 })
                 .collect(),
             denials: table.denials,
+            lost: table.lost,
             next_change: timeline.first().copied(),
             timeline,
             bundle: BundleInfo::of(lic, now),
@@ -213,6 +224,7 @@ impl Status {
             pools,
             sessions,
             rounds: Rounds::default(),
+            unanswered: 0,
         }
     }
 
@@ -225,6 +237,16 @@ impl Status {
             "cap: {} built-in + {} licensed + {} pooled\n",
             self.cap.builtin, self.cap.licensed, self.cap.pooled
         ));
+        if self.lost > 0 {
+            let lost = if self.lost >= crate::admission::table::LOST_UNKNOWN {
+                "an unknown number of".to_string()
+            } else {
+                self.lost.to_string()
+            };
+            out.push_str(&format!(
+                "** DEGRADED: {lost} seats held by sessions lost with a damaged session snapshot; held until [[reconcile]] accounts for them or `seatgate evict --lost` **\n"
+            ));
+        }
         if self.over_cap_by > 0 {
             out.push_str(&format!(
                 "** OVER CAP BY {}: existing sessions drain, new ones are denied **\n",

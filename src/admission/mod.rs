@@ -1,12 +1,16 @@
-//! Seat admission: the wire protocol (`protocol`, bytes only), the session
-//! table (`table`, pure), its crash-safe journal (`journal`), the seat
-//! authority that joins table and licenses under one lock (`seats`), peer
-//! rights (`access`, pure) and the Unix-socket server (`server`).
+//! Seat admission: the wire protocol (`protocol`, bytes only) and its
+//! blocking client (`client`), the session table (`table`, pure), the
+//! snapshot file format (`snapshot`, pure), its crash-safe journal
+//! (`journal`), the one-daemon lock on the runtime directory (`lock`), the
+//! admission core that decides (`seats`), peer rights (`access`, pure) and
+//! the Unix-socket server (`server`).
 
 pub mod access;
 pub mod client;
 pub mod journal;
+pub mod lock;
 pub mod protocol;
 pub mod seats;
 pub mod server;
+pub mod snapshot;
 pub mod table;

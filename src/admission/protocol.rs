@@ -35,6 +35,9 @@ pub enum Request {
     Ping,
     /// Operator: free a session's seat by hand.
     Evict { key: String },
+    /// Operator: free the seats of sessions lost with a damaged snapshot
+    /// (after checking the VPN servers hold no more sessions than status lists).
+    ForgetLost,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -243,7 +246,7 @@ fn diagnose(text: &str, err: serde_json::Error) -> Response {
     }
 }
 
-const KNOWN_OPS: [&str; 5] = ["admit", "release", "status", "ping", "evict"];
+const KNOWN_OPS: [&str; 6] = ["admit", "release", "status", "ping", "evict", "forget_lost"];
 
 /// Encodes a request as one line (for clients: the hook, status, tests).
 pub fn encode_request(request: &Request) -> Vec<u8> {

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 
 use super::journal::Journal;
 use super::protocol::{AdmitRequest, DenyReason};
-use super::table::{Decision, ServerId, Session, Table};
+use super::table::{Change, Decision, ServerId, Session, Table};
 
 /// The outcome of an admission request.
 #[derive(Debug)]
@@ -48,6 +48,13 @@ pub enum Release {
 /// A change applied to the table whose journal write failed.
 pub type Fault = Option<io::Error>;
 
+/// What opening the table found.
+pub struct Opened {
+    pub warnings: Vec<String>,
+    /// The snapshot was damaged; the table counts its lost seats.
+    pub damaged: Option<String>,
+}
+
 pub struct Seats {
     table: Table,
     journal: Journal,
@@ -59,17 +66,39 @@ pub struct Seats {
 
 impl Seats {
     /// Loads the table from the runtime directory (snapshot + journal).
-    /// The warnings say what could not be read.
-    pub fn open(dir: &Path, now: DateTime<Utc>) -> io::Result<(Seats, Vec<String>)> {
-        let (journal, table, warnings) = Journal::open(dir, now)?;
-        Ok((
-            Seats {
-                table,
-                journal,
-                in_flight: HashMap::new(),
-            },
-            warnings,
-        ))
+    pub fn open(dir: &Path, now: DateTime<Utc>) -> io::Result<(Seats, Opened)> {
+        let opened = Journal::open(dir, now)?;
+        let seats = Seats {
+            table: opened.table.clone(),
+            journal: opened.journal,
+            in_flight: HashMap::new(),
+        };
+        let report = Opened {
+            warnings: opened.warnings,
+            damaged: opened.damaged,
+        };
+        Ok((seats, report))
+    }
+
+    /// Why the runtime directory cannot be written, while it cannot:
+    /// admissions are refused meanwhile.
+    pub fn fault(&self) -> Option<&str> {
+        self.journal.fault()
+    }
+
+    /// Writes what a full directory held back; Ok once nothing is owed.
+    pub fn retry(&mut self) -> io::Result<()> {
+        self.journal.retry(&self.table)
+    }
+
+    /// Sets the seats held by sessions that could not be read back (from
+    /// reconciliation's count, or 0 when an operator clears them).
+    pub fn set_lost(&mut self, lost: u32) -> Fault {
+        if self.table.lost == lost {
+            return None;
+        }
+        self.table.lost = lost;
+        self.journal.compact(&self.table).err()
     }
 
     pub fn table(&self) -> &Table {
@@ -157,10 +186,7 @@ impl Seats {
         }
         self.in_flight.remove(key);
         match self.table.release_instance(key, instance) {
-            Some((session, change)) => {
-                let fault = self.journal.record(&change, &self.table).err();
-                (Some(session), fault)
-            }
+            Some((session, change)) => (Some(session), self.record_release(change)),
             None => (None, None),
         }
     }
@@ -198,12 +224,19 @@ impl Seats {
     fn release_unchecked(&mut self, key: &str) -> (Option<Session>, Fault) {
         self.in_flight.remove(key);
         match self.table.release(key) {
-            Some((session, change)) => {
-                let fault = self.journal.record(&change, &self.table).err();
-                (Some(session), fault)
-            }
+            Some((session, change)) => (Some(session), self.record_release(change)),
             None => (None, None),
         }
+    }
+
+    /// A release is in force at once (the seat is free); if it cannot be
+    /// written now it is written before the next change.
+    fn record_release(&mut self, change: Change) -> Fault {
+        let mut result = self.journal.record(&change, &self.table);
+        if result.is_err() && self.journal.free_reserve() {
+            result = self.journal.record(&change, &self.table);
+        }
+        result.err().inspect(|_| self.journal.defer(change))
     }
 
     /// The VPN server processes sessions live in (to check outside the lock).

@@ -78,13 +78,28 @@ pub struct Table {
     /// The last admission's instance number.
     #[serde(default)]
     pub instances: u64,
+    /// Seats held by sessions that could not be read back (a damaged
+    /// snapshot): they count against the cap until reconciliation with the
+    /// VPN servers' own lists, or an operator, accounts for them.
+    #[serde(default)]
+    pub lost: u32,
 }
+
+/// `lost` when not even the number of sessions could be read back: more
+/// than any cap, so nothing is admitted until they are accounted for.
+pub const LOST_UNKNOWN: u32 = u32::MAX / 2;
 
 /// How many days of peaks the table keeps.
 pub const DAILY_PEAK_DAYS: usize = 31;
 
 impl Table {
+    /// Seats held: the sessions known and the seats of lost ones.
     pub fn in_use(&self) -> u32 {
+        self.known().saturating_add(self.lost)
+    }
+
+    /// Sessions known by key.
+    pub fn known(&self) -> u32 {
         u32::try_from(self.sessions.len()).unwrap_or(u32::MAX)
     }
 
@@ -94,6 +109,12 @@ impl Table {
 
     pub fn sessions(&self) -> impl Iterator<Item = &Session> {
         self.sessions.values()
+    }
+
+    /// A table of `sessions` with the counters of `self` (snapshot reading).
+    pub fn with_sessions(mut self, sessions: Vec<Session>) -> Table {
+        self.sessions = sessions.into_iter().map(|s| (s.key.clone(), s)).collect();
+        self
     }
 
     /// Decides an admission against `cap`. On admission the returned change

@@ -113,8 +113,32 @@ impl Sessions for Shared {
     }
 
     fn release_stale(&self, listing: &Listing, grace: Duration, source: &str) -> usize {
+        let sources = self.config().reconcile.len();
         let mut state = self.lock();
-        let (freed, fault) = state.seats.release_where(|s| listing.is_stale(s, grace));
+        let (freed, mut fault) = state.seats.release_where(|s| listing.is_stale(s, grace));
+        // Sessions the server lists that the table does not know hold the
+        // seats lost with a damaged snapshot; once every server has been
+        // asked, the lost seats are exactly those.
+        let known = state
+            .seats
+            .table()
+            .sessions()
+            .filter(|s| listing.covers(s))
+            .count();
+        let unknown = listing.len().saturating_sub(known);
+        let unknown = u32::try_from(unknown).unwrap_or(u32::MAX);
+        state.lost_by_source.insert(source.to_string(), unknown);
+        let lost = state.seats.table().lost;
+        if lost > 0 && state.lost_by_source.len() >= sources {
+            let counted = state
+                .lost_by_source
+                .values()
+                .fold(0u32, |a, b| a.saturating_add(*b));
+            if counted < lost {
+                fault = fault.or(state.seats.set_lost(counted));
+                tracing::warn!(from = lost, to = counted, "the VPN servers' own lists account for the sessions lost with the damaged snapshot");
+            }
+        }
         let in_use = state.seats.in_use();
         drop(state);
         log_release_fault(fault);

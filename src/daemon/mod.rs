@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::lock;
 use crate::admission::seats::Seats;
 use crate::admission::server::{self, Limits};
 use crate::config::{self, Config};
@@ -33,7 +34,7 @@ use crate::license::disk;
 use crate::license::in_force::Licenses;
 use crate::license::lease::LeaseBook;
 use crate::status::Rounds;
-use crate::{cloud, reconcile, sys};
+use crate::{cloud, reconcile, store, sys};
 use state::{Shared, State};
 
 /// Peers without admit rights share this many connection slots...
@@ -52,14 +53,26 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
         now,
     );
     report_licenses(&config.device, &licenses);
-    let (seats, warnings) = Seats::open(&config.runtime_dir, now).with_context(|| {
+    // One daemon per runtime directory, before its files are read or the
+    // socket bound: an overlapping start waits for the old one to finish.
+    store::ensure_dir(&config.runtime_dir, 0o711)
+        .with_context(|| format!("cannot create {}", config.runtime_dir.display()))?;
+    let runtime = config.runtime_dir.clone();
+    let wait = config.admission.lock_wait;
+    let lock = tokio::task::spawn_blocking(move || lock::acquire(&runtime, wait))
+        .await
+        .context("the runtime lock wait did not finish")??;
+    let (seats, opened) = Seats::open(&config.runtime_dir, now).with_context(|| {
         format!(
             "cannot open the session journal in {}",
             config.runtime_dir.display()
         )
     })?;
-    for w in warnings {
+    for w in &opened.warnings {
         tracing::warn!("session journal: {w}");
+    }
+    if let Some(why) = &opened.damaged {
+        tracing::error!(lost = seats.table().lost, "the session snapshot was damaged ({why}); seats of sessions that could not be read stay held until accounted for");
     }
     tracing::info!(sessions = seats.in_use(), "session table loaded");
     let (leases, pools_on_disk, mut file_warnings) = match disk::load_pools(&config.state_dir) {
@@ -71,6 +84,8 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
     };
     file_warnings.shrink_to_fit();
     let state = State {
+        lost_by_source: Default::default(),
+        unanswered: 0,
         device: config.device.clone(),
         seats,
         licenses,
@@ -156,6 +171,8 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
         tracing::error!(error = %e, "cannot write the session snapshot; the journal still holds every change");
     }
     drop(bound);
+    // Only now may another daemon take the runtime directory.
+    drop(lock);
     Ok(())
 }
 
@@ -169,7 +186,8 @@ fn listen(config: &Config) -> Result<(UnixListener, Option<SocketGuard>)> {
             let group = a.socket_group.as_deref().and_then(sys::users::gid_of);
             let l = sys::systemd::bind_socket(&config.socket, mode, group)
                 .with_context(|| format!("cannot listen on {}", config.socket.display()))?;
-            (l, Some(SocketGuard(config.socket.clone())))
+            let id = socket_id(&config.socket);
+            (l, Some(SocketGuard(config.socket.clone(), id)))
         }
     };
     let listener =
@@ -177,12 +195,22 @@ fn listen(config: &Config) -> Result<(UnixListener, Option<SocketGuard>)> {
     Ok((listener, bound))
 }
 
-/// Removes the socket file this process bound when the daemon stops.
-struct SocketGuard(PathBuf);
+/// Removes the socket file this process bound when the daemon stops, and
+/// only that file: never one another daemon bound at the same path since.
+struct SocketGuard(PathBuf, Option<(u64, u64)>);
+
+fn socket_id(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
 
 impl Drop for SocketGuard {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        if self.1.is_some() && socket_id(&self.0) == self.1 {
+            let _ = std::fs::remove_file(&self.0);
+        }
     }
 }
 

@@ -46,7 +46,9 @@ impl Service for Shared {
                 forbidden("admit or release sessions")
             }
             Request::Status if !rights.read => forbidden("read status"),
-            Request::Evict { .. } if !rights.operate => forbidden("evict sessions"),
+            Request::Evict { .. } | Request::ForgetLost if !rights.operate => {
+                forbidden("evict sessions")
+            }
             Request::Admit(req) => self.admit(peer, &req),
             Request::Release { key } => {
                 let asker = if rights.operate {
@@ -58,11 +60,34 @@ impl Service for Shared {
             }
             Request::Evict { key } => self.release(&key, Some(Asker::Operator)),
             Request::Status => self.status_reply(),
+            Request::ForgetLost => {
+                let mut state = self.lock();
+                let was = state.seats.table().lost;
+                let fault = state.seats.set_lost(0);
+                let in_use = state.seats.in_use();
+                drop(state);
+                log_release_fault(fault);
+                if was > 0 {
+                    tracing::warn!(
+                        lost = was,
+                        in_use,
+                        "an operator freed the seats of sessions lost with a damaged snapshot"
+                    );
+                }
+                answer(Response::Release(ReleaseResponse {
+                    ok: true,
+                    released: was > 0,
+                    in_use,
+                }))
+            }
         }
     }
 
     fn delivered(&self, undo: Undo, ok: bool) {
         let mut state = self.lock();
+        if !ok {
+            state.unanswered += 1;
+        }
         let (undone, fault) = state.seats.answered(&undo.key, undo.instance, ok);
         let in_use = state.seats.in_use();
         drop(state);

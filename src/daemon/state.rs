@@ -35,6 +35,11 @@ pub struct State {
     pub denials_reported: u64,
     /// Background rounds finished, for status (and tests that wait for them).
     pub rounds: Rounds,
+    /// Sessions each VPN server lists that the table does not know, by
+    /// reconcile source: what accounts for lost seats (a damaged snapshot).
+    pub lost_by_source: std::collections::BTreeMap<String, u32>,
+    /// Admission answers that could not be delivered.
+    pub unanswered: u64,
 }
 
 impl State {
@@ -173,7 +178,13 @@ impl State {
             self.pool_status(system, mono),
         );
         status.warnings.extend(self.file_warnings.iter().cloned());
+        if let Some(fault) = self.seats.fault() {
+            status.warnings.push(format!(
+                "{fault}: new sessions are refused until it can be written again (sessions held keep their seats)"
+            ));
+        }
         status.rounds = self.rounds;
+        status.unanswered = self.unanswered;
         status
     }
 }

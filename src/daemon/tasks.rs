@@ -17,8 +17,16 @@ use crate::config::{self, Config};
 use crate::license::disk;
 use crate::sys;
 
-/// Releases the sessions of VPN server processes that are gone.
+/// Releases the sessions of VPN server processes that are gone, and
+/// writes what a full runtime directory held back once it can.
 pub fn reap(shared: &Shared) {
+    let faulted = shared.peek().seats.fault().is_some();
+    if faulted {
+        let mut state = shared.lock();
+        if state.seats.retry().is_ok() {
+            tracing::warn!("the runtime directory can be written again; admissions resume");
+        }
+    }
     let servers = shared.peek().seats.servers();
     for server in servers {
         if sys::process::process_start_ticks(server.pid) != Some(server.start_ticks) {

@@ -94,11 +94,7 @@ impl Listing {
     /// listed yet), and the listing does not show it. Keys this module
     /// cannot read are never stale.
     pub fn is_stale(&self, session: &Session, grace: Duration) -> bool {
-        let pid = match self.live {
-            Live::Openvpn(_) => session.server.own_pid(),
-            Live::Ocserv(_) => session.server.pid,
-        };
-        if session.server.kind != self.kind || !self.scope.contains(&pid) {
+        if !self.covers(session) {
             return false;
         }
         let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
@@ -122,6 +118,15 @@ impl Listing {
                 None => false,
             },
         }
+    }
+
+    /// Whether `session` belongs to a server this listing speaks for.
+    pub fn covers(&self, session: &Session) -> bool {
+        let pid = match self.live {
+            Live::Openvpn(_) => session.server.own_pid(),
+            Live::Ocserv(_) => session.server.pid,
+        };
+        session.server.kind == self.kind && self.scope.contains(&pid)
     }
 
     pub fn kind(&self) -> ServerKind {

@@ -20,7 +20,8 @@ pub trait Sessions: Send + Sync + 'static {
     /// The VPN server processes sessions live in.
     fn servers(&self) -> Vec<ServerId>;
     /// Releases the sessions `listing` shows are gone (see
-    /// `Listing::is_stale`); returns how many.
+    /// `Listing::is_stale`), and takes note of how many sessions it lists
+    /// that the table does not know; returns how many were released.
     fn release_stale(&self, listing: &Listing, grace: std::time::Duration, source: &str) -> usize;
     /// A round finished (whatever its outcome): status counts them, so a
     /// waiter can tell that the daemon looked.

@@ -82,7 +82,7 @@ pub fn bind_socket(
         std::fs::remove_file(path)?;
     }
     if let Some(dir) = path.parent() {
-        crate::store::ensure_dir(dir, 0o755)?;
+        crate::store::ensure_dir(dir, 0o711)?;
     }
     let fd = socket(
         AddressFamily::Unix,

@@ -4,6 +4,7 @@ mod cli;
 mod cloud;
 mod daemon;
 mod examples;
+mod hardening;
 mod pools;
 mod systemd;
 mod vpn;

@@ -128,22 +128,27 @@ impl Gateway {
 
     /// Starts the real daemon and waits until it answers.
     pub fn start(&self) -> Daemon {
+        let d = self.spawn("warn");
+        d.wait_ready();
+        d
+    }
+
+    /// Starts the real daemon with a log level, without waiting for it.
+    pub fn spawn(&self, log: &str) -> Daemon {
         let child = Command::new(bin())
             .args(["run", "--config"])
             .arg(self.config_path())
             .env_remove("SEATGATE_SOCKET")
             .env_remove("NOTIFY_SOCKET")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let d = Daemon {
+        Daemon {
             child,
             socket: self.socket(),
-        };
-        d.wait_ready();
-        d
+        }
     }
 
     /// Runs a seatgate subcommand against this gateway's config.
@@ -275,8 +280,10 @@ impl FakeServer {
         let child = cmd
             .spawn()
             .expect("socat is needed for the daemon tests (scripts/test installs it)");
+        // Listening, not just bound (a connect between socat's bind and
+        // listen is refused): the kernel's socket table says which.
         wait_for("the relay to listen", Duration::from_secs(10), || {
-            socket.exists().then_some(())
+            listening(&socket).then_some(())
         });
         FakeServer {
             child,
@@ -324,6 +331,17 @@ impl Drop for FakeServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Whether a Unix socket is listening at `path` (/proc/net/unix: the
+/// `__SO_ACCEPTCON` flag).
+pub fn listening(path: &Path) -> bool {
+    let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+    let path = path.to_string_lossy();
+    table.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() >= 8 && f[7] == path && f[3] == "00010000"
+    })
 }
 
 pub fn admitted(resp: &Response) -> bool {
