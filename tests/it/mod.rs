@@ -9,6 +9,7 @@ mod pools;
 mod systemd;
 mod vpn;
 mod vpn_harness;
+mod vpn_ns;
 
 /// The development cloud's pool allocator, compiled here so its unit and
 /// property tests run with the suite (see the [[example]] note in Cargo.toml).

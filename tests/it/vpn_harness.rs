@@ -1,6 +1,8 @@
 //! Real VPN servers for the integration tests: a private network namespace
 //! per test (a holder process from `unshare --net`, everything else joins it
-//! with `nsenter`), a throwaway PKI (tests/vpn/mkpki.sh), configs rendered
+//! with `nsenter`), optionally with a pid namespace of its own for the
+//! servers (a container: `unshare --pid --fork --mount-proc`; the clients
+//! and the daemon stay in the host pid namespace), a throwaway PKI (tests/vpn/mkpki.sh), configs rendered
 //! from tests/vpn/*.tmpl, OpenVPN and ocserv servers and clients. Every
 //! wait has a deadline; Drop stops exactly the processes started here.
 
@@ -61,17 +63,29 @@ fn vpn_dir() -> PathBuf {
 /// A process started in the namespace, stopped in Drop (TERM, then KILL).
 pub struct Proc {
     pub name: String,
+    /// What we spawned: the process itself, or for a server in the pid
+    /// namespace the `nsenter` (host side) whose child it is.
     pub child: Child,
+    /// The process itself, by its host pid (signals go here).
+    target: u32,
     pub log: PathBuf,
 }
 
 impl Proc {
+    /// The process's pid in the host (the daemon's) pid namespace.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.target
+    }
+
+    /// The pid the process sees for itself (in its own pid namespace).
+    pub fn ns_pid(&self) -> u32 {
+        seatgate::sys::process::read(self.target)
+            .map(|p| p.own_pid())
+            .unwrap_or_else(|| panic!("{} is gone", self.name))
     }
 
     pub fn signal(&self, sig: Signal) {
-        let _ = kill(Pid::from_raw(self.child.id() as i32), sig);
+        let _ = kill(Pid::from_raw(self.target as i32), sig);
     }
 
     pub fn log_text(&self) -> String {
@@ -107,11 +121,12 @@ impl Proc {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill9();
     }
 
+    /// SIGKILL to the process itself (nsenter then exits with it); reaps.
     pub fn kill9(&mut self) {
+        self.signal(Signal::SIGKILL);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -124,19 +139,39 @@ impl Drop for Proc {
     }
 }
 
-/// A private network namespace with `lo` up, a work dir and a PKI.
+/// A private network namespace with `lo` up, a work dir and a PKI; with
+/// `with_pid_ns`, also a pid (and mount, for its /proc) namespace where
+/// the servers run.
 pub struct Netns {
     holder: Child,
+    /// The pid namespace's init (`sleep`, pid 1 inside), by its host pid.
+    init: Option<u32>,
     pub dir: tempfile::TempDir,
 }
 
 impl Netns {
     /// `clients`: how many client certificates (client1..clientN) to issue.
     pub fn new(clients: usize) -> Netns {
+        Self::create(clients, false)
+    }
+
+    /// The same, and servers started here run in a pid namespace of their
+    /// own (as in a container); clients stay in the host pid namespace.
+    pub fn with_pid_ns(clients: usize) -> Netns {
+        Self::create(clients, true)
+    }
+
+    fn create(clients: usize, pid_ns: bool) -> Netns {
         require_tools();
-        let mut holder = Command::new("unshare")
+        let mut unshare = Command::new("unshare");
+        unshare.arg("--net");
+        if pid_ns {
+            // --kill-child: the namespace (its init, so every process in
+            // it) dies with the holder.
+            unshare.args(["--pid", "--fork", "--mount-proc", "--kill-child"]);
+        }
+        let mut holder = unshare
             .args([
-                "--net",
                 "--",
                 "sh",
                 "-c",
@@ -156,11 +191,12 @@ impl Netns {
             let _ = holder.wait();
             panic!("could not create a network namespace with lo up (unshare --net as root)");
         }
+        let init = pid_ns.then(|| only_child(holder.id(), "the pid namespace's init"));
         let dir = tempfile::Builder::new()
             .prefix("seatgate-vpn-")
             .tempdir()
             .unwrap();
-        let ns = Netns { holder, dir };
+        let ns = Netns { holder, init, dir };
         let out = Command::new(vpn_dir().join("mkpki.sh"))
             .arg(ns.path("pki"))
             .arg(clients.to_string())
@@ -189,13 +225,64 @@ impl Netns {
         self.dir.path().join(name)
     }
 
-    /// A command that runs `program` inside the namespace.
+    /// A command that runs `program` inside the network namespace (in the
+    /// host pid namespace: clients, occtl).
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new("nsenter");
         c.arg(format!("--net=/proc/{}/ns/net", self.holder.id()))
             .arg("--")
             .arg(program);
         c
+    }
+
+    /// A command that runs `program` where the servers run: the network
+    /// namespace and, with `with_pid_ns`, the pid and mount namespaces too
+    /// (nsenter forks; `program` is its child there).
+    pub fn server_command(&self, program: &str) -> Command {
+        match self.init {
+            None => self.command(program),
+            Some(init) => {
+                let mut c = Command::new("nsenter");
+                c.arg("-t")
+                    .arg(init.to_string())
+                    .args(["--net", "--pid", "--mount", "--"])
+                    .arg(program);
+                c
+            }
+        }
+    }
+
+    /// The pid namespace's init, by its host pid (None without one).
+    pub fn init_pid(&self) -> Option<u32> {
+        self.init
+    }
+
+    /// Makes `pid` the next pid the servers' pid namespace hands out
+    /// (`ns_last_pid`, written from inside it): the next process started
+    /// there, and nothing else forks there meanwhile, gets that number.
+    pub fn set_next_pid(&self, pid: u32) {
+        assert!(self.init.is_some(), "no pid namespace of its own");
+        let out = self
+            .server_command("sh")
+            .arg("-c")
+            .arg(format!("echo {} > /proc/sys/kernel/ns_last_pid", pid - 1))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cannot set ns_last_pid: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Spawns a server (`cmd` from `server_command`); in a pid namespace
+    /// the returned Proc signals the server, not the nsenter outside.
+    pub fn spawn_server(&self, name: &str, cmd: Command) -> Proc {
+        let mut proc = self.spawn(name, cmd);
+        if self.init.is_some() {
+            proc.target = only_child(proc.child.id(), &format!("{name} under nsenter"));
+        }
+        proc
     }
 
     /// Spawns `cmd` with stdout+stderr to `name.log` in the work dir.
@@ -210,6 +297,7 @@ impl Netns {
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         Proc {
             name: name.into(),
+            target: child.id(),
             child,
             log,
         }
@@ -224,6 +312,18 @@ impl Netns {
         std::fs::write(&path, text).unwrap();
         path
     }
+}
+
+/// The one child of `parent` (waits up to 5 s for it to appear).
+fn only_child(parent: u32, what: &str) -> u32 {
+    wait_for(
+        what,
+        Duration::from_secs(5),
+        || match seatgate::sys::process::children(parent)[..] {
+            [one] => Some(one),
+            _ => None,
+        },
+    )
 }
 
 impl Drop for Netns {
@@ -263,9 +363,9 @@ impl OpenvpnServer {
                 ("@SOCK@", &socket.to_string_lossy()),
             ],
         );
-        let mut cmd = ns.command("openvpn");
+        let mut cmd = ns.server_command("openvpn");
         cmd.arg("--config").arg(conf);
-        let proc = ns.spawn("server", cmd);
+        let proc = ns.spawn_server("server", cmd);
         proc.wait_log(
             &[
                 "Initialization Sequence Completed",
@@ -364,12 +464,12 @@ impl Ocserv {
                 ("@HOOK@", &wrapper.to_string_lossy()),
             ],
         );
-        let mut cmd = ns.command("env");
+        let mut cmd = ns.server_command("env");
         cmd.args(["-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"])
             .arg(format!("SEATGATE_SOCKET={}", socket.display()))
             .args(["ocserv", "-f", "-c"])
             .arg(conf);
-        let proc = ns.spawn("ocserv", cmd);
+        let proc = ns.spawn_server("ocserv", cmd);
         let occtl_socket = ns.path("occtl.sock");
         wait_for("ocserv to answer occtl", Duration::from_secs(10), || {
             let ok = ns
