@@ -29,8 +29,12 @@ pub enum ClientError {
     },
     #[error("{path} closed the connection without answering")]
     Closed { path: PathBuf },
-    #[error("{path} answered something that is not a response: {detail}")]
-    Garbled { path: PathBuf, detail: String },
+    #[error("{path} answered something that is not a response: {source}")]
+    Garbled {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// No call waits longer than this, whatever it is asked.
@@ -100,10 +104,7 @@ pub fn call(path: &Path, request: &Request, timeout: Duration) -> Result<Respons
     if line.last() != Some(&b'\n') {
         return Err(ClientError::Closed { path: p() });
     }
-    serde_json::from_slice(&line).map_err(|e| ClientError::Garbled {
-        path: p(),
-        detail: e.to_string(),
-    })
+    serde_json::from_slice(&line).map_err(|source| ClientError::Garbled { path: p(), source })
 }
 
 #[cfg(test)]

@@ -67,6 +67,13 @@ pub enum CloudError {
     /// An answer outside the contract.
     #[error("unexpected answer from the cloud: {0}")]
     Unexpected(String),
+    /// A body that does not parse as the contract says.
+    #[error("unexpected answer from the cloud: {what}: {source}")]
+    Contract {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 impl CloudError {
@@ -75,7 +82,7 @@ impl CloudError {
             CloudError::Unreachable(_) | CloudError::Busy { .. } => FailureKind::Transient,
             CloudError::Unauthorized { .. } => FailureKind::Unauthorized,
             CloudError::UntrustedServer { .. } => FailureKind::UntrustedServer,
-            CloudError::Unexpected(_) => FailureKind::Unexpected,
+            CloudError::Unexpected(_) | CloudError::Contract { .. } => FailureKind::Unexpected,
         }
     }
 
@@ -244,10 +251,9 @@ impl CloudClient {
             return Err(refusal(status, resp).await);
         }
         let body = read_body(resp).await?;
-        serde_json::from_slice(&body).map_err(|e| {
-            CloudError::Unexpected(format!(
-                "the pools answer is not a list of signed leases: {e}"
-            ))
+        serde_json::from_slice(&body).map_err(|source| CloudError::Contract {
+            what: "the pools answer is not a list of signed leases",
+            source,
         })
     }
 }

@@ -25,6 +25,39 @@ pub enum Action {
     Disconnect { key: String },
 }
 
+/// Why a hook environment does not make a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvError {
+    #[error("{0} is not set; is this running as the VPN server's hook?")]
+    Missing(String),
+    #[error("{name}={value:?} is not a {what}")]
+    NotAPid {
+        name: &'static str,
+        value: String,
+        what: &'static str,
+    },
+    #[error("{var}={value:?}: set this hook as {hooks} only")]
+    WrongPhase {
+        var: &'static str,
+        value: String,
+        hooks: &'static str,
+    },
+}
+
+/// A pid variable of a hook environment.
+fn pid(
+    env: &HashMap<String, String>,
+    name: &'static str,
+    what: &'static str,
+) -> Result<u32, EnvError> {
+    let value = need(env, name)?;
+    value.parse().map_err(|_| EnvError::NotAPid {
+        name,
+        value: value.to_string(),
+        what,
+    })
+}
+
 /// What to do when the daemon cannot be asked in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OnError {
@@ -94,7 +127,7 @@ impl Settings {
 /// Each call prints one line on stderr, which the VPN server puts in its log.
 pub fn run(
     name: &str,
-    action: Result<Action, String>,
+    action: Result<Action, EnvError>,
     settings: &Settings,
     warnings: &[String],
 ) -> ExitCode {
@@ -193,23 +226,27 @@ impl Phase {
 /// its connect and disconnect values, `hooks` the settings to use.
 fn phase(
     env: &HashMap<String, String>,
-    var: &str,
+    var: &'static str,
     names: [&str; 2],
-    hooks: &str,
-) -> Result<Phase, String> {
+    hooks: &'static str,
+) -> Result<Phase, EnvError> {
     match need(env, var)? {
         v if v == names[0] => Ok(Phase::Connect),
         v if v == names[1] => Ok(Phase::Disconnect),
-        other => Err(format!("{var}={other:?}: set this hook as {hooks} only")),
+        other => Err(EnvError::WrongPhase {
+            var,
+            value: other.to_string(),
+            hooks,
+        }),
     }
 }
 
 /// Reads a required variable from a hook environment.
-fn need<'a>(env: &'a HashMap<String, String>, name: &str) -> Result<&'a str, String> {
+fn need<'a>(env: &'a HashMap<String, String>, name: &str) -> Result<&'a str, EnvError> {
     env.get(name)
         .map(String::as_str)
         .filter(|v| !v.is_empty())
-        .ok_or_else(|| format!("{name} is not set; is this running as the VPN server's hook?"))
+        .ok_or_else(|| EnvError::Missing(name.to_string()))
 }
 
 fn get<'a>(env: &'a HashMap<String, String>, name: &str) -> &'a str {

@@ -5,14 +5,11 @@
 
 use std::collections::HashMap;
 
-use super::{get, need, phase, Action};
+use super::{get, phase, pid, Action, EnvError};
 use crate::admission::protocol::{AdmitRequest, ServerKind, ServerRef};
 
-pub fn action(env: &HashMap<String, String>) -> Result<Action, String> {
-    let id = need(env, "ID")?;
-    let pid: u32 = id
-        .parse()
-        .map_err(|_| format!("ID={id:?} is not a worker process id"))?;
+pub fn action(env: &HashMap<String, String>) -> Result<Action, EnvError> {
+    let pid = pid(env, "ID", "worker process id")?;
     let key = format!("ocserv:{pid}:{}", get(env, "USERNAME"));
     let phase = phase(
         env,
@@ -64,6 +61,9 @@ mod tests {
         env.insert("REASON".into(), "host-update".into());
         assert!(action(&env).is_err());
         env.remove("ID");
-        assert!(action(&env).unwrap_err().contains("ID is not set"));
+        assert!(action(&env)
+            .unwrap_err()
+            .to_string()
+            .contains("ID is not set"));
     }
 }

@@ -7,16 +7,11 @@
 
 use std::collections::HashMap;
 
-use super::{get, need, phase, Action};
+use super::{get, need, phase, pid, Action, EnvError};
 use crate::admission::protocol::{AdmitRequest, ServerKind, ServerRef};
 
-pub fn action(env: &HashMap<String, String>) -> Result<Action, String> {
-    let pid: u32 = need(env, "daemon_pid")?.parse().map_err(|_| {
-        format!(
-            "daemon_pid={:?} is not a process id",
-            get(env, "daemon_pid")
-        )
-    })?;
+pub fn action(env: &HashMap<String, String>) -> Result<Action, EnvError> {
+    let pid = pid(env, "daemon_pid", "process id")?;
     let cn = get(env, "common_name");
     let user = [get(env, "username"), cn]
         .into_iter()
@@ -107,10 +102,17 @@ mod tests {
         env.insert("script_type".into(), "up".into());
         assert!(action(&env)
             .unwrap_err()
+            .to_string()
             .contains("client-connect and client-disconnect only"));
         env.insert("daemon_pid".into(), "x".into());
-        assert!(action(&env).unwrap_err().contains("not a process id"));
+        assert!(action(&env)
+            .unwrap_err()
+            .to_string()
+            .contains("not a process id"));
         env.remove("daemon_pid");
-        assert!(action(&env).unwrap_err().contains("daemon_pid is not set"));
+        assert!(action(&env)
+            .unwrap_err()
+            .to_string()
+            .contains("daemon_pid is not set"));
     }
 }
