@@ -283,7 +283,7 @@ fn licenses(flag: Option<&Path>, at: Option<DateTime<Utc>>, json: bool) -> Resul
         &config.license_rules(),
         Utc::now(),
     );
-    let at = at.unwrap_or_else(|| lic.now(Utc::now()));
+    let at = at.unwrap_or_else(|| lic.now(Utc::now(), std::time::Instant::now()));
     let report = LicenseReport::build(&config.device, &lic, at);
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);

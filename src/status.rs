@@ -372,7 +372,8 @@ mod tests {
         };
         let text = sign(&b, &ed25519_dalek::SigningKey::from_bytes(&[1; 32])).to_json();
         let mut lic = Licenses::builtin_only(2);
-        lic.offer(&rules(), &text, now).unwrap();
+        lic.offer(&rules(), &text, now, std::time::Instant::now())
+            .unwrap();
         let status = Status::build(
             "ESG-A1",
             &Table::default(),

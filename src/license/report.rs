@@ -197,8 +197,13 @@ mod tests {
         };
         let text = sign(&b, &SigningKey::from_bytes(&[1; 32])).to_json();
         let mut lic = Licenses::builtin_only(2);
-        lic.offer(&rules(), &text, t("2026-06-02T00:00:00Z"))
-            .unwrap();
+        lic.offer(
+            &rules(),
+            &text,
+            t("2026-06-02T00:00:00Z"),
+            std::time::Instant::now(),
+        )
+        .unwrap();
         LicenseReport::build("ESG-A1", &lic, t("2026-06-02T00:00:00Z"))
     }
 
