@@ -334,7 +334,7 @@ fn bundle_cmd(cmd: BundleCmd) -> Result<ExitCode> {
                 .with_context(|| format!("secret key {}", key.display()))?;
             let unsigned: Bundle = serde_json::from_str(&read(&input)?).with_context(|| {
                 format!(
-                    "{} is not a bundle (see docs/bundle.md for the fields)",
+                    "{} is not a bundle (the fields: docs/bundle.md in the seatgate sources, or README \"Signed license bundles\")",
                     input.display()
                 )
             })?;
