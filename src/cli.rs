@@ -295,7 +295,7 @@ fn licenses(flag: Option<&Path>, at: Option<DateTime<Utc>>, json: bool) -> Resul
         &config.license_rules(),
         Utc::now(),
     );
-    let at = at.unwrap_or_else(|| lic.now(Utc::now()));
+    let at = at.unwrap_or_else(|| lic.now(Utc::now(), std::time::Instant::now()));
     let report = LicenseReport::build(&config.device, &lic, at);
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -346,7 +346,7 @@ fn bundle_cmd(cmd: BundleCmd) -> Result<ExitCode> {
                 .with_context(|| format!("secret key {}", key.display()))?;
             let unsigned: Bundle = serde_json::from_str(&read(&input)?).with_context(|| {
                 format!(
-                    "{} is not a bundle (see docs/bundle.md for the fields)",
+                    "{} is not a bundle (the fields: docs/bundle.md in the seatgate sources, or README \"Signed license bundles\")",
                     input.display()
                 )
             })?;

@@ -12,7 +12,7 @@ use crate::cloud::policy::{human, CloudStatus, Severity, SyncRecord};
 use crate::license::cap::describe_timeline;
 use crate::license::in_force::Licenses;
 use crate::license::report::BundleInfo;
-use crate::license::{Cap, Step};
+use crate::license::{Cap, Rejected, Step};
 use crate::text::shown;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +41,10 @@ pub struct Status {
     pub next_change: Option<Step>,
     pub timeline: Vec<Step>,
     pub bundle: Option<BundleInfo>,
+    /// Records of the bundle that were refused, each with its reason (they
+    /// add no seats; `seatgate licenses` shows the same).
+    #[serde(default)]
+    pub refused: Vec<Rejected>,
     pub warnings: Vec<String>,
     /// Cloud sync; absent when the config has no `[cloud]` section.
     #[serde(default)]
@@ -219,6 +223,7 @@ impl Status {
             next_change: timeline.first().copied(),
             timeline,
             bundle: BundleInfo::of(lic, now),
+            refused: lic.rejected.clone(),
             warnings: lic.warnings.clone(),
             cloud: cloud.map(|r| CloudStatus::build(r, lic.bundle().map(|b| b.not_after), now)),
             pools,
@@ -264,6 +269,12 @@ impl Status {
             )),
             Some(b) => out.push_str(&format!("bundle: generation {}, valid until {}\n", b.generation, b.not_after)),
             None => out.push_str("bundle: none (built-in seats only)\n"),
+        }
+        if !self.refused.is_empty() {
+            out.push_str("refused license records:\n");
+            for r in &self.refused {
+                out.push_str(&format!("  {}: {}\n", shown(&r.id), r.reason));
+            }
         }
         let peak_at = self.peak_at.map_or(String::new(), |t| {
             format!(" at {}", t.format("%Y-%m-%d %H:%M:%S"))
@@ -356,6 +367,60 @@ mod tests {
         assert!(
             render_pool(&none, now).ends_with("no lease yet: no pool sessions; other members: -\n")
         );
+    }
+
+    #[test]
+    fn refused_records_are_in_status_and_its_text() {
+        use crate::license::bundle::{sign, Bundle, FORMAT};
+        use crate::license::in_force::tests::rules;
+        use crate::license::model::tests::spc;
+        use crate::license::License;
+        let now = t("2026-06-02T00:00:00Z");
+        let b = Bundle {
+            format: FORMAT,
+            device: "ESG-A1".into(),
+            org: "O".into(),
+            generation: 1,
+            issued_at: t("2026-06-01T00:00:00Z"),
+            not_after: t("2027-06-01T00:00:00Z"),
+            licenses: vec![
+                spc("L1", 20, 365, "2026-01-10T00:00:00Z"),
+                License {
+                    product: "spcc".into(),
+                    ..spc("X1", 20, 365, "2026-01-10T00:00:00Z")
+                },
+                spc("L3", 0, 365, "2026-01-10T00:00:00Z"),
+            ],
+        };
+        let text = sign(&b, &ed25519_dalek::SigningKey::from_bytes(&[1; 32])).to_json();
+        let mut lic = Licenses::builtin_only(2);
+        lic.offer(&rules(), &text, now, std::time::Instant::now())
+            .unwrap();
+        let status = Status::build(
+            "ESG-A1",
+            &Table::default(),
+            &lic,
+            None,
+            now,
+            &BTreeMap::new(),
+            vec![],
+        );
+        assert_eq!(status.cap_total, 22);
+        let ids: Vec<&str> = status.refused.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["X1", "L3"]);
+        let text = status.render_text();
+        assert!(
+            text.contains("refused license records:\n  X1: has product \"spcc\""),
+            "{text}"
+        );
+        assert!(text.contains("\n  L3: has 0 seats\n"), "{text}");
+        // Old clients' JSON (no `refused`) still parses, and it round-trips.
+        let mut json = serde_json::to_value(&status).unwrap();
+        let back: Status = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back, status);
+        json.as_object_mut().unwrap().remove("refused");
+        let old: Status = serde_json::from_value(json).unwrap();
+        assert!(old.refused.is_empty());
     }
 
     #[test]

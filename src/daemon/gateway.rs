@@ -13,8 +13,33 @@ use crate::cloud::policy::SyncRecord;
 use crate::cloud::wire::{PoolReport, UsageReport, USAGE_FORMAT};
 use crate::cloud::{Gateway, Offered, Taken};
 use crate::license::bundle::{BundleError, Signed};
+use crate::license::time::{Correction, TOLERANCE};
 use crate::reconcile::task::Sessions;
 use crate::reconcile::Listing;
+
+/// Logs what a signed time did to the engine's clock (`license::time`).
+fn log_correction(c: Correction, signed: DateTime<Utc>) {
+    match c {
+        Correction::Applied {
+            from,
+            to,
+            distrust_system,
+        } => {
+            if (to - from).abs() > TOLERANCE {
+                tracing::warn!(%from, %to, "the license clock was corrected by a signed time from the cloud");
+            }
+            if distrust_system {
+                tracing::warn!(%signed, system = %Utc::now(), "the system clock is ahead of the cloud's signed time; licenses follow the signed time until the system clock agrees (check NTP)");
+            }
+        }
+        Correction::Stale { floor } => {
+            tracing::debug!(%signed, %floor, "signed time older than one accepted before; the clock ignores it")
+        }
+        Correction::FromTheFuture { now } => {
+            tracing::warn!(%signed, %now, "signed time from the cloud is ahead of the license clock; the clock ignores it (check the cloud's clock)")
+        }
+    }
+}
 
 /// Logs a journal write that failed after a release.
 pub fn log_release_fault(fault: Fault) {
@@ -29,7 +54,7 @@ impl Gateway for Shared {
         let (now, mono) = (Utc::now(), Instant::now());
         let mut state = self.lock();
         let cap_before = state.cap(now, mono);
-        let changed = state.licenses.offer(&rules, text, now)?;
+        let changed = state.licenses.offer(&rules, text, now, mono)?;
         Ok(Offered {
             changed,
             cap_before,
@@ -49,7 +74,7 @@ impl Gateway for Shared {
         UsageReport {
             format: USAGE_FORMAT,
             device: state.device.clone(),
-            at: state.licenses.now(system),
+            at: state.licenses.now(system, mono),
             cap: state.cap(system, mono),
             in_use: table.in_use(),
             peak: table.peak,
@@ -66,7 +91,7 @@ impl Gateway for Shared {
     fn take_leases(&self, reports: &[PoolReport], leases: &[Signed], sent: Instant) -> Taken {
         let config = self.config();
         let mut state = self.lock();
-        let pools = state.leased_pools(Utc::now());
+        let pools = state.leased_pools(Utc::now(), Instant::now());
         let allowed: Vec<&str> = pools.iter().map(String::as_str).collect();
         let mut taken = Taken::default();
         for signed in leases {
@@ -75,7 +100,14 @@ impl Gateway for Shared {
                 .accept(signed, &config.trusted_keys, &config.device, &allowed, sent)
             {
                 Ok(held) => {
-                    tracing::debug!(pool = %held.lease.pool, seats = held.lease.seats, epoch = held.lease.epoch, "slice lease accepted")
+                    tracing::debug!(pool = %held.lease.pool, seats = held.lease.seats, epoch = held.lease.epoch, "slice lease accepted");
+                    // Newly granted for this request (not a repeat): a fresh
+                    // signed time, valid no earlier than the send instant.
+                    if held.sent == sent {
+                        let signed = held.lease.issued_at;
+                        let c = state.licenses.correct(signed, Utc::now(), sent);
+                        log_correction(c, signed);
+                    }
                 }
                 Err(e) => taken.refused.push(e),
             }

@@ -221,7 +221,7 @@ fn report_licenses(device: &str, lic: &Licenses) {
     for r in &lic.rejected {
         tracing::warn!(license = %r.id, "license record refused: {}", r.reason);
     }
-    let now = lic.now(Utc::now());
+    let now = lic.now(Utc::now(), Instant::now());
     let cap = lic.entitlement.cap_at(now);
     if lic.bundle().is_some_and(|b| now >= b.not_after) {
         tracing::error!(

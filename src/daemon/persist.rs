@@ -7,13 +7,14 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::state::Shared;
 use crate::license::bundle::Signed;
 use crate::license::disk;
+use crate::license::in_force::ClockState;
 use crate::license::lease::Remembered;
 
 /// Asks the writer for a write, and can wait until one has finished.
@@ -40,7 +41,7 @@ struct OnDisk {
 struct Wanted {
     dir: PathBuf,
     bundle: Option<Signed>,
-    high_water: DateTime<Utc>,
+    clock: ClockState,
     pools: Remembered,
 }
 
@@ -111,11 +112,14 @@ impl Writer {
 /// One write: what changed since `on_disk`. Returns what is on disk now.
 fn write(shared: &Shared, mut on_disk: OnDisk) -> OnDisk {
     let wanted = {
-        let state = shared.peek();
+        let mut state = shared.peek();
         Wanted {
             dir: shared.config().state_dir.clone(),
             bundle: state.licenses.signed().cloned(),
-            high_water: state.licenses.now(Utc::now()),
+            // The trusted now (the clock's mark moves up to it).
+            clock: state
+                .licenses
+                .observe(Utc::now(), std::time::Instant::now()),
             pools: state.leases.remembered(),
         }
     };
@@ -129,7 +133,7 @@ fn write(shared: &Shared, mut on_disk: OnDisk) -> OnDisk {
             )),
         }
     }
-    if let Err(e) = disk::write_clock(&wanted.dir, wanted.high_water) {
+    if let Err(e) = disk::write_clock(&wanted.dir, &wanted.clock) {
         warnings.push(format!(
             "cannot write {}: {e}; the clock's high-water mark is not kept across a restart",
             wanted.dir.join(disk::CLOCK_FILE).display()

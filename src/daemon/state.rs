@@ -46,7 +46,7 @@ impl State {
     pub fn cap_parts(&self, system: DateTime<Utc>, mono: Instant) -> Cap {
         self.licenses
             .entitlement
-            .cap_with(self.licenses.now(system), &self.leases.slices(mono))
+            .cap_with(self.licenses.now(system, mono), &self.leases.slices(mono))
     }
 
     pub fn cap(&self, system: DateTime<Utc>, mono: Instant) -> u32 {
@@ -58,7 +58,7 @@ impl State {
     /// drained (remembered across restarts in `pools.json`). With each: its
     /// slice at `mono` (0 without a valid lease) and whether it is a member.
     fn report_pools(&self, system: DateTime<Utc>, mono: Instant) -> Vec<(String, u32, bool)> {
-        let now = self.licenses.now(system);
+        let now = self.licenses.now(system, mono);
         let mut pools: Vec<(String, u32, bool)> = self
             .licenses
             .entitlement
@@ -109,8 +109,8 @@ impl State {
     }
 
     /// The pools this gateway may lease now (from the licenses in force).
-    pub fn leased_pools(&self, system: DateTime<Utc>) -> Vec<String> {
-        let now = self.licenses.now(system);
+    pub fn leased_pools(&self, system: DateTime<Utc>, mono: Instant) -> Vec<String> {
+        let now = self.licenses.now(system, mono);
         self.licenses
             .entitlement
             .leased_pools(now)
@@ -121,7 +121,7 @@ impl State {
 
     /// What status shows of each pool.
     fn pool_status(&self, system: DateTime<Utc>, mono: Instant) -> Vec<PoolStatus> {
-        let now = self.licenses.now(system);
+        let now = self.licenses.now(system, mono);
         let reports = self.pool_reports(system, mono);
         let usage = |id: &str| {
             reports
@@ -173,7 +173,7 @@ impl State {
             self.seats.table(),
             &self.licenses,
             self.cloud.as_ref(),
-            self.licenses.now(system),
+            self.licenses.now(system, mono),
             &self.leases.slices(mono),
             self.pool_status(system, mono),
         );

@@ -52,7 +52,7 @@ pub async fn ticker(shared: Arc<Shared>, cancel: CancellationToken) {
     loop {
         let wait = {
             let state = shared.peek();
-            let now = state.licenses.now(Utc::now());
+            let now = state.licenses.now(Utc::now(), Instant::now());
             let next = state.licenses.entitlement.next_change(now);
             next.map_or(Duration::from_secs(60), |s| {
                 (s.at - now)
@@ -67,7 +67,7 @@ pub async fn ticker(shared: Arc<Shared>, cancel: CancellationToken) {
         }
         let (cap, in_use, ran_out) = {
             let state = shared.peek();
-            let now = state.licenses.now(Utc::now());
+            let now = state.licenses.now(Utc::now(), Instant::now());
             let ran_out = state.licenses.bundle().is_some_and(|b| now >= b.not_after);
             (
                 state.cap(Utc::now(), Instant::now()),
@@ -187,7 +187,7 @@ fn reload(path: &std::path::Path, shared: &Shared) -> Option<(Config, Policy)> {
         Utc::now(),
     );
     super::report_licenses(&new.device, &lic);
-    shared.lock().licenses = lic;
+    shared.lock().licenses.replace(lic);
     shared.persist.ring();
     let policy = policy(&new);
     Some((new, policy))

@@ -273,6 +273,43 @@ mod tests {
         assert!(e.leased_pools(at).is_empty());
     }
 
+    #[test]
+    fn huge_seats_are_refused_and_the_cap_saturates() {
+        use crate::license::bundle::{Bundle, FORMAT};
+        let huge = License {
+            seats: u32::MAX,
+            ..spc("L1", 20, 365, "2026-01-10T00:00:00Z")
+        };
+        let at = t("2026-06-01T00:00:00Z");
+        // Through the rules: the record is refused, only built-in seats.
+        let b = Bundle {
+            format: FORMAT,
+            device: "ESG-A1".into(),
+            org: "O".into(),
+            generation: 1,
+            issued_at: t("2026-01-01T00:00:00Z"),
+            not_after: t("2027-01-01T00:00:00Z"),
+            licenses: vec![huge.clone()],
+        };
+        let (e, rejected) = b.entitlement(2);
+        assert_eq!(e.cap_at(at).total(), 2);
+        assert!(rejected[0].reason.contains("more than the 100000"));
+        // Unvalidated, the sums saturate instead of overflowing.
+        let e = Entitlement {
+            builtin: 2,
+            licenses: vec![
+                huge.clone(),
+                License {
+                    id: "L2".into(),
+                    ..huge
+                },
+            ],
+            not_after: None,
+        };
+        assert_eq!(e.cap_at(at).licensed, u32::MAX);
+        assert_eq!(e.cap_at(at).total(), u32::MAX);
+    }
+
     fn arb_license() -> impl Strategy<Value = License> {
         (
             1u32..500,

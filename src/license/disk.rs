@@ -5,6 +5,7 @@
 //! what the texts mean is decided by `in_force::resolve`.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 
@@ -44,7 +45,8 @@ pub enum PoolsFileError {
     },
 }
 
-/// Reads the state directory and the bundle file and resolves them.
+/// Reads the state directory and the bundle file and resolves them; the
+/// clock restarts from the mark at the monotonic instant of the reading.
 /// Reads only: the `write_*` functions write.
 pub fn load(
     state_dir: &Path,
@@ -69,6 +71,7 @@ pub fn load(
         file.as_ref().map(|(p, t)| (p.as_path(), t.as_str())),
         clock.as_deref(),
         system,
+        Instant::now(),
     );
     warnings.append(&mut lic.warnings);
     lic.warnings = warnings;
@@ -85,10 +88,10 @@ pub fn write_bundle(state_dir: &Path, signed: &Signed) -> std::io::Result<()> {
     )
 }
 
-/// Stores the clock's high-water mark atomically.
-pub fn write_clock(state_dir: &Path, high_water: DateTime<Utc>) -> std::io::Result<()> {
+/// Stores the clock (its mark: the trusted now) atomically.
+pub fn write_clock(state_dir: &Path, clock: &ClockState) -> std::io::Result<()> {
     store::ensure_dir(state_dir, DIR_MODE)?;
-    let text = serde_json::to_string(&ClockState { high_water }).expect("clock state serialises");
+    let text = serde_json::to_string(clock).expect("clock state serialises");
     store::write_atomic(&state_dir.join(CLOCK_FILE), text.as_bytes(), FILE_MODE)
 }
 
@@ -124,15 +127,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (state, file) = (dir.path(), dir.path().join("in.json"));
         std::fs::write(&file, signed(1, 20, 1)).unwrap();
-        let lic = load(state, Some(&file), &rules(), t("2027-02-01T00:00:00Z"));
+        let mut lic = load(state, Some(&file), &rules(), t("2027-02-01T00:00:00Z"));
         write_bundle(state, lic.signed().unwrap()).unwrap();
-        write_clock(state, lic.now(t("2027-02-01T00:00:00Z"))).unwrap();
+        let mark = lic.observe(t("2027-02-01T00:00:00Z"), Instant::now());
+        write_clock(state, &mark).unwrap();
         // Clock set back a year, file gone: the stored bundle and the high water remain.
         std::fs::remove_file(&file).unwrap();
         let lic = load(state, None, &rules(), t("2026-02-01T00:00:00Z"));
         assert_eq!(lic.bundle().map(|b| b.generation), Some(1));
-        let now = lic.now(t("2026-02-01T00:00:00Z"));
-        assert_eq!(now, t("2027-02-01T00:00:00Z"));
+        let now = lic.now(t("2026-02-01T00:00:00Z"), Instant::now());
+        // The mark, run on by the (tiny) monotonic time since the load.
+        assert!(now >= t("2027-02-01T00:00:00Z"), "{now}");
+        assert!(now < t("2027-02-01T00:01:00Z"), "{now}");
         assert_eq!(
             lic.entitlement.cap_at(now).total(),
             2,

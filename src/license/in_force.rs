@@ -1,16 +1,17 @@
 //! The licenses in force: the accepted bundle, its entitlement, the records
-//! it refused and the clock's high-water mark, and how a new bundle (from
+//! it refused and the engine's trusted clock, and how a new bundle (from
 //! the cloud, a file or the state directory) replaces them. Pure: the texts,
 //! the rules and the instant are arguments; `disk` reads and writes them.
 
 use std::path::Path;
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use ed25519_dalek::VerifyingKey;
-use serde::{Deserialize, Serialize};
 
 use super::bundle::{self, Acceptance, Bundle, BundleError, Signed};
-use super::time::effective_now;
+pub use super::time::ClockState;
+use super::time::{Correction, TrustedClock};
 use super::{Entitlement, Rejected};
 
 /// What this gateway accepts: bundles for `device`, signed by one of
@@ -29,16 +30,11 @@ pub struct Licenses {
     pub current: Option<(Signed, Bundle)>,
     pub entitlement: Entitlement,
     pub rejected: Vec<Rejected>,
-    /// Highest instant seen so far: the clock never goes back behind it.
-    pub high_water: Option<DateTime<Utc>>,
+    /// The engine's clock (`time`): the last trusted instant, running on
+    /// the monotonic clock, corrected by fresh signed times.
+    pub clock: TrustedClock,
     /// Problems met while loading (a bad bundle file, an unreadable state file).
     pub warnings: Vec<String>,
-}
-
-/// The clock's high-water mark as the state directory keeps it.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct ClockState {
-    pub high_water: DateTime<Utc>,
 }
 
 impl Licenses {
@@ -47,7 +43,7 @@ impl Licenses {
             current: None,
             entitlement: Entitlement::builtin_only(builtin),
             rejected: Vec::new(),
-            high_water: None,
+            clock: TrustedClock::default(),
             warnings: Vec::new(),
         }
     }
@@ -60,9 +56,35 @@ impl Licenses {
         self.current.as_ref().map(|(s, _)| s)
     }
 
-    /// The engine's now for a given system time: never behind what was seen.
-    pub fn now(&self, system: DateTime<Utc>) -> DateTime<Utc> {
-        effective_now(system, self.high_water, self.bundle().map(|b| b.issued_at))
+    /// The engine's now for the system clock and the monotonic clock read
+    /// together (see `time::TrustedClock`).
+    pub fn now(&self, system: DateTime<Utc>, mono: Instant) -> DateTime<Utc> {
+        self.clock.now(system, mono)
+    }
+
+    /// Moves the clock's mark up to now and returns what to persist: the
+    /// trusted now, so a restart with the clock set back starts from it.
+    pub fn observe(&mut self, system: DateTime<Utc>, mono: Instant) -> ClockState {
+        self.clock.observe(system, mono)
+    }
+
+    /// A fresh signed time from the cloud (a newly accepted slice lease's
+    /// `issued_at`, paired with the instant its request was sent).
+    pub fn correct(
+        &mut self,
+        signed: DateTime<Utc>,
+        system: DateTime<Utc>,
+        mono: Instant,
+    ) -> Correction {
+        self.clock.correct(signed, system, mono)
+    }
+
+    /// Takes what a reload read from disk, keeping the running clock (it
+    /// knows more than the mark on disk).
+    pub fn replace(&mut self, new: Licenses) {
+        let clock = self.clock;
+        *self = new;
+        self.clock = clock;
     }
 
     /// Offers a new signed bundle (from the cloud or a file). Accepted, it
@@ -73,13 +95,17 @@ impl Licenses {
         rules: &Rules,
         text: &str,
         system: DateTime<Utc>,
+        mono: Instant,
     ) -> Result<bool, BundleError> {
         let acceptance = Acceptance {
             device: &rules.device,
             last_generation: self.bundle().map(|b| b.generation),
-            now: self.now(system),
+            now: self.now(system, mono),
         };
         let (signed, bundle) = bundle::accept(text, &rules.trusted_keys, acceptance)?;
+        // A bundle's issued_at is as fresh as the bundle: a floor, never a
+        // correction backwards (`time`).
+        self.clock.raise(bundle.issued_at, system, mono);
         if self.signed() == Some(&signed) {
             return Ok(false);
         }
@@ -100,11 +126,12 @@ pub fn resolve(
     file: Option<(&Path, &str)>,
     clock: Option<&str>,
     system: DateTime<Utc>,
+    mono: Instant,
 ) -> Licenses {
     let mut lic = Licenses::builtin_only(rules.builtin);
     if let Some(text) = clock {
         match serde_json::from_str::<ClockState>(text) {
-            Ok(c) => lic.high_water = Some(c.high_water),
+            Ok(c) => lic.clock = TrustedClock::restore(&c, mono),
             Err(e) => lic.warnings.push(format!(
                 "{}: unreadable ({e}); the clock high-water mark starts again from now",
                 super::disk::CLOCK_FILE
@@ -112,13 +139,13 @@ pub fn resolve(
         }
     }
     if let Some(text) = stored {
-        if let Err(e) = lic.offer(rules, text, system) {
+        if let Err(e) = lic.offer(rules, text, system, mono) {
             lic.warnings
                 .push(format!("stored {} refused: {e}", super::disk::BUNDLE_FILE));
         }
     }
     if let Some((path, text)) = file {
-        if let Err(e) = lic.offer(rules, text, system) {
+        if let Err(e) = lic.offer(rules, text, system, mono) {
             lic.warnings
                 .push(format!("bundle file {} refused: {e}", path.display()));
         }
@@ -155,13 +182,20 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn cap(lic: &Licenses) -> u32 {
-        let now = lic.now(t("2026-06-02T00:00:00Z"));
+        let now = lic.now(t("2026-06-02T00:00:00Z"), Instant::now());
         lic.entitlement.cap_at(now).total()
     }
 
     #[test]
     fn nothing_on_disk_gives_builtin_seats() {
-        let lic = resolve(&rules(), None, None, None, t("2026-06-02T00:00:00Z"));
+        let lic = resolve(
+            &rules(),
+            None,
+            None,
+            None,
+            t("2026-06-02T00:00:00Z"),
+            Instant::now(),
+        );
         assert_eq!(cap(&lic), 2);
         assert!(lic.warnings.is_empty());
     }
@@ -177,6 +211,7 @@ pub(crate) mod tests {
             Some((Path::new("f"), &newer)),
             None,
             now,
+            Instant::now(),
         );
         assert_eq!(cap(&lic), 32);
         assert_eq!(lic.bundle().map(|b| b.generation), Some(4));
@@ -186,6 +221,7 @@ pub(crate) mod tests {
             Some((Path::new("f"), &signed(2, 99, 1))),
             None,
             now,
+            Instant::now(),
         );
         assert_eq!(cap(&lic), 22, "replayed older file must not win");
         assert_eq!(lic.bundle().map(|b| b.generation), Some(3));
@@ -200,7 +236,14 @@ pub(crate) mod tests {
     fn tampered_state_file_is_refused_and_said() {
         let c = rules();
         let forged = signed(9, 500, 2);
-        let lic = resolve(&c, Some(&forged), None, None, t("2026-06-02T00:00:00Z"));
+        let lic = resolve(
+            &c,
+            Some(&forged),
+            None,
+            None,
+            t("2026-06-02T00:00:00Z"),
+            Instant::now(),
+        );
         assert_eq!(cap(&lic), 2);
         assert!(
             lic.warnings[0].contains("stored bundle.json refused: signature"),

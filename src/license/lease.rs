@@ -29,7 +29,8 @@ pub struct Lease {
     pub seats: u32,
     /// Grows with every grant for this device and pool; an older one is stale.
     pub epoch: u64,
-    /// When the cloud granted it (informational: expiry is measured locally).
+    /// When the cloud granted it: not the expiry (measured locally) but a
+    /// fresh signed time that corrects the license clock (`time`).
     pub issued_at: DateTime<Utc>,
     pub valid_for_ms: u64,
 }

@@ -19,7 +19,8 @@ pub const WARNING_DAYS: [i64; 3] = [3, 30, 60];
 pub enum Status {
     /// Not yet activated; adds nothing.
     Inactive,
-    /// Associated less than 7 days ago (still undoable); adds its seats.
+    /// Associated less than 7 days ago, and not in the future (still
+    /// undoable); adds its seats.
     Merging,
     Active,
     /// Active, with a warning: expires within this many days (60, 30 or 3).
@@ -69,8 +70,10 @@ impl License {
         if now >= end {
             return Status::Expired;
         }
+        // Merging: the 7 days after the association, never before it (a
+        // license forced active before its association is plainly active).
         if let Some(assoc) = self.associated_at {
-            if now < later(assoc, Duration::days(MERGING_DAYS)) {
+            if assoc <= now && now < later(assoc, Duration::days(MERGING_DAYS)) {
                 return Status::Merging;
             }
         }
@@ -151,6 +154,39 @@ mod tests {
         };
         assert_eq!(lic.activation(), t("2026-04-01T00:00:00Z"));
         assert_eq!(lic.status(t("2026-06-02T00:00:00Z")), Status::Expired);
+    }
+
+    #[test]
+    fn merging_is_only_the_seven_days_after_association() {
+        // Issued 2026-01-01, forced active 2026-04-01, associated 2026-06-01
+        // (after the forced activation), term long enough to stay active.
+        let late = License {
+            associated_at: Some(t("2026-06-01T00:00:00Z")),
+            activated_at: None,
+            ..spc("L1", 10, 3 * 365, "2026-06-01T00:00:00Z")
+        };
+        // Associated on its issue day and activated at once.
+        let early = License {
+            activated_at: None,
+            associated_at: Some(t("2026-01-01T00:00:00Z")),
+            ..spc("L2", 10, 365, "2026-01-01T00:00:00Z")
+        };
+        let cases = [
+            (&late, "2026-03-31T23:59:59Z", Status::Inactive),
+            (&late, "2026-04-01T00:00:00Z", Status::Active),
+            (&late, "2026-05-31T23:59:59Z", Status::Active),
+            (&late, "2026-06-01T00:00:00Z", Status::Merging),
+            (&late, "2026-06-07T23:59:59Z", Status::Merging),
+            (&late, "2026-06-08T00:00:00Z", Status::Active),
+            (&early, "2025-12-31T23:59:59Z", Status::Inactive),
+            (&early, "2026-01-01T00:00:00Z", Status::Merging),
+            (&early, "2026-01-07T23:59:59Z", Status::Merging),
+            (&early, "2026-01-08T00:00:00Z", Status::Active),
+        ];
+        for (lic, at, want) in cases {
+            assert_eq!(lic.status(t(at)), want, "{} at {at}", lic.id);
+            assert_eq!(lic.seats_at(t(at)), if want.adds_seats() { 10 } else { 0 });
+        }
     }
 
     #[test]

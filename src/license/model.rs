@@ -11,6 +11,45 @@ pub const MIN_SHARED_SEATS: u32 = 100;
 pub const MAX_TERM_DAYS: u32 = 36_500;
 /// At most this many gateways draw from one pool.
 pub const MAX_POOL_MEMBERS: usize = 3;
+/// The most seats one record may state (a license, and so a pool): the
+/// vendor sells licenses of tens to hundreds of users; anything near this is
+/// a data error, not a license. With it no sum of seats comes near `u32`
+/// overflow for any realistic bundle, and the cap's sums saturate anyway.
+pub const MAX_SEATS: u32 = 100_000;
+
+/// What a record's `product` is to this gateway. Products are matched
+/// ASCII-case-insensitively (`spc`, `SPC`, `Spc` are one product).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Product {
+    /// `spc`: a SecuPoint VPN Client license, the only product that adds
+    /// VPN seats; the vendor's rules apply to it.
+    Vpn,
+    /// `pro`: a known product that never adds VPN seats (the Pro license).
+    /// Listed for information; the VPN rules do not apply to it.
+    NotVpn,
+    /// Anything else: refused, it counts nothing.
+    Unknown,
+}
+
+/// The product that adds VPN seats.
+pub const VPN_PRODUCT: &str = "spc";
+/// Known products that never add VPN seats.
+pub const NOT_VPN_PRODUCTS: [&str; 1] = ["pro"];
+
+impl Product {
+    pub fn of(name: &str) -> Product {
+        if name.eq_ignore_ascii_case(VPN_PRODUCT) {
+            Product::Vpn
+        } else if NOT_VPN_PRODUCTS
+            .iter()
+            .any(|p| name.eq_ignore_ascii_case(p))
+        {
+            Product::NotVpn
+        } else {
+            Product::Unknown
+        }
+    }
+}
 
 /// One license record, exactly as the cloud sends it (field names are the
 /// contract with the cloud).
@@ -18,7 +57,8 @@ pub const MAX_POOL_MEMBERS: usize = 3;
 #[serde(deny_unknown_fields)]
 pub struct License {
     pub id: String,
-    /// `spc` adds VPN seats; anything else (`pro`, ...) never does.
+    /// `spc` adds VPN seats; `pro` never does; any other product is
+    /// refused (see `Product`).
     pub product: String,
     pub sku: String,
     pub seats: u32,
@@ -59,8 +99,9 @@ pub struct Pool {
 }
 
 impl License {
+    /// Whether this is a VPN (`spc`) record, the only kind that adds seats.
     pub fn is_spc(&self) -> bool {
-        self.product == "spc"
+        Product::of(&self.product) == Product::Vpn
     }
 }
 
@@ -76,8 +117,14 @@ impl Pool {
 pub enum Rejection {
     #[error("bound to device {other}, not this gateway ({this})")]
     OtherDevice { other: String, this: String },
+    #[error("has product {0:?}, which seatgate does not know (known: \"spc\" adds VPN seats, \"pro\" never does); it counts nothing: correct the record's product in the cloud, or upgrade seatgate if this is a new VPN product")]
+    UnknownProduct(String),
+    #[error("is a {product} record (not a VPN license) but names pool {pool}; only spc licenses are shared")]
+    NotVpnPool { product: String, pool: String },
     #[error("has 0 seats")]
     NoSeats,
+    #[error("has {0} seats, more than the {MAX_SEATS} any license may have")]
+    TooManySeats(u32),
     #[error("has a term of 0 days")]
     NoTerm,
     #[error("has a term of {0} days, more than the {MAX_TERM_DAYS} days any license may have")]
@@ -121,7 +168,7 @@ pub enum Rejection {
 }
 
 /// A record that was refused, with its id and the reason.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rejected {
     pub id: String,
     pub reason: String,
@@ -129,6 +176,9 @@ pub struct Rejected {
 
 impl License {
     /// Checks the record against the vendor's rules for the gateway `this`.
+    /// Every record must be for this gateway and of a known product; the
+    /// VPN rules (seats, term, dates, pool) apply to `spc` records only: a
+    /// `pro` record never adds seats, so it is listed whatever it states.
     pub fn validate(&self, this: &str) -> Result<(), Rejection> {
         if self.device != this {
             return Err(Rejection::OtherDevice {
@@ -136,8 +186,24 @@ impl License {
                 this: this.to_string(),
             });
         }
+        match Product::of(&self.product) {
+            Product::Vpn => {}
+            Product::Unknown => return Err(Rejection::UnknownProduct(self.product.clone())),
+            Product::NotVpn => {
+                return match &self.pool {
+                    Some(pool) => Err(Rejection::NotVpnPool {
+                        product: self.product.clone(),
+                        pool: pool.id.clone(),
+                    }),
+                    None => Ok(()),
+                }
+            }
+        }
         if self.seats == 0 {
             return Err(Rejection::NoSeats);
+        }
+        if self.seats > MAX_SEATS {
+            return Err(Rejection::TooManySeats(self.seats));
         }
         if self.term_days == 0 {
             return Err(Rejection::NoTerm);
@@ -393,6 +459,91 @@ pub(crate) mod tests {
                 Some("pool POOL-1 has 200 seats but the license has 150"),
             ),
             (
+                "upper case SPC is spc",
+                License {
+                    product: "SPC".into(),
+                    ..base.clone()
+                },
+                None,
+            ),
+            (
+                "unknown product spcc",
+                License {
+                    product: "spcc".into(),
+                    ..base.clone()
+                },
+                Some("has product \"spcc\", which seatgate does not know (known: \"spc\" adds VPN seats, \"pro\" never does); it counts nothing: correct the record's product"),
+            ),
+            (
+                "empty product",
+                License {
+                    product: "".into(),
+                    ..base.clone()
+                },
+                Some("has product \"\", which seatgate does not know"),
+            ),
+            (
+                "pro with 0 seats and 0 days is listed, not refused by spc rules",
+                License {
+                    product: "pro".into(),
+                    seats: 0,
+                    term_days: 0,
+                    ..base.clone()
+                },
+                None,
+            ),
+            (
+                "PRO is pro",
+                License {
+                    product: "PRO".into(),
+                    seats: 0,
+                    ..base.clone()
+                },
+                None,
+            ),
+            (
+                "pro for another device is still refused",
+                License {
+                    product: "pro".into(),
+                    device: "ESG-B2".into(),
+                    ..base.clone()
+                },
+                Some("bound to device ESG-B2"),
+            ),
+            (
+                "pro naming a pool",
+                License {
+                    product: "pro".into(),
+                    pool: Some(pool(150, &["ESG-A1"])),
+                    ..base.clone()
+                },
+                Some("is a pro record (not a VPN license) but names pool POOL-1"),
+            ),
+            (
+                "seats at the bound",
+                License {
+                    seats: MAX_SEATS,
+                    ..base.clone()
+                },
+                None,
+            ),
+            (
+                "seats above the bound",
+                License {
+                    seats: MAX_SEATS + 1,
+                    ..base.clone()
+                },
+                Some("has 100001 seats, more than the 100000 any license may have"),
+            ),
+            (
+                "seats u32::MAX",
+                License {
+                    seats: u32::MAX,
+                    ..base.clone()
+                },
+                Some("has 4294967295 seats, more than the 100000"),
+            ),
+            (
                 "share above pool",
                 License {
                     pool: Some(Pool {
@@ -447,6 +598,45 @@ pub(crate) mod tests {
         assert_eq!(rejected[0].id, "L2");
         assert!(rejected[0].reason.contains("ESG-Z9"));
         assert!(rejected[1].reason.contains("repeats license id L1"));
+    }
+
+    #[test]
+    fn products_table() {
+        let cases = [
+            ("spc", Product::Vpn),
+            ("SPC", Product::Vpn),
+            ("Spc", Product::Vpn),
+            ("pro", Product::NotVpn),
+            ("Pro", Product::NotVpn),
+            ("spcc", Product::Unknown),
+            ("spc ", Product::Unknown),
+            ("", Product::Unknown),
+            ("vpn", Product::Unknown),
+        ];
+        for (name, want) in cases {
+            assert_eq!(Product::of(name), want, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn partition_lists_pro_refuses_unknown_products() {
+        let good = spc("L1", 20, 365, "2026-01-10T00:00:00Z");
+        let pro = License {
+            id: "P1".into(),
+            product: "pro".into(),
+            seats: 0,
+            ..good.clone()
+        };
+        let odd = License {
+            id: "X1".into(),
+            product: "spcc".into(),
+            ..good.clone()
+        };
+        let (valid, rejected) = partition(&[good.clone(), pro.clone(), odd], "ESG-A1");
+        assert_eq!(valid, vec![good, pro]);
+        assert_eq!(rejected.len(), 1);
+        assert_eq!(rejected[0].id, "X1");
+        assert!(rejected[0].reason.contains("\"spcc\""), "{:?}", rejected);
     }
 
     #[test]

@@ -120,15 +120,16 @@ impl LicenseReport {
                 "ID", "SKU", "PRODUCT", "SEATS", "NOW", "STATUS", "ACTIVATES", "EXPIRES", "POOL"
             ));
             for l in &self.licenses {
+                // Ids are shown as the cloud spells them; only the binding
+                // is a word of ours.
                 let pool = l.record.pool.as_ref().map_or("-".to_string(), |p| {
                     format!(
-                        "{} ({} seats, {} members, {:?})",
+                        "{} ({} seats, {} members, {})",
                         p.id,
                         p.seats,
                         p.members.len(),
-                        l.record.binding
+                        format!("{:?}", l.record.binding).to_lowercase()
                     )
-                    .to_lowercase()
                 });
                 out.push_str(&format!(
                     "{:<12} {:<14} {:<7} {:>6} {:>6}  {:<16} {:<10} {:<10} {}\n",
@@ -143,6 +144,18 @@ impl LicenseReport {
                     pool
                 ));
             }
+        }
+        let not_vpn: Vec<String> = self
+            .licenses
+            .iter()
+            .filter(|l| !l.record.is_spc())
+            .map(|l| format!("{} ({})", l.record.id, l.record.product))
+            .collect();
+        if !not_vpn.is_empty() {
+            out.push_str(&format!(
+                "not VPN licenses (listed, never add seats): {}\n",
+                not_vpn.join(", ")
+            ));
         }
         let c = &self.cap;
         out.push_str(&format!(
@@ -160,5 +173,74 @@ impl LicenseReport {
             out.push_str(&format!("warning: {w}\n"));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::license::bundle::{sign, Bundle, FORMAT};
+    use crate::license::in_force::tests::rules;
+    use crate::license::model::tests::{spc, t};
+    use crate::license::model::{Binding, Pool};
+    use ed25519_dalek::SigningKey;
+
+    fn report(licenses: Vec<License>) -> LicenseReport {
+        let b = Bundle {
+            format: FORMAT,
+            device: "ESG-A1".into(),
+            org: "O".into(),
+            generation: 1,
+            issued_at: t("2026-06-01T00:00:00Z"),
+            not_after: t("2027-06-01T00:00:00Z"),
+            licenses,
+        };
+        let text = sign(&b, &SigningKey::from_bytes(&[1; 32])).to_json();
+        let mut lic = Licenses::builtin_only(2);
+        lic.offer(
+            &rules(),
+            &text,
+            t("2026-06-02T00:00:00Z"),
+            std::time::Instant::now(),
+        )
+        .unwrap();
+        LicenseReport::build("ESG-A1", &lic, t("2026-06-02T00:00:00Z"))
+    }
+
+    #[test]
+    fn table_keeps_pool_ids_as_spelled_and_names_not_vpn_and_refused_records() {
+        let shared = License {
+            binding: Binding::Replica,
+            pool: Some(Pool {
+                id: "POOL-Lic-0002".into(),
+                seats: 150,
+                members: vec!["ESG-A1".into(), "ESG-B2".into()],
+                share: Some(40),
+            }),
+            ..spc("LIC-0002", 150, 365, "2026-01-10T00:00:00Z")
+        };
+        let pro = License {
+            product: "pro".into(),
+            seats: 0,
+            ..spc("PRO-1", 1, 365, "2026-01-10T00:00:00Z")
+        };
+        let odd = License {
+            product: "spcc".into(),
+            ..spc("ODD-1", 5, 365, "2026-01-10T00:00:00Z")
+        };
+        let text = report(vec![shared, pro, odd]).render_text();
+        assert!(
+            text.contains("POOL-Lic-0002 (150 seats, 2 members, replica)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("not VPN licenses (listed, never add seats): PRO-1 (pro)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rejected: ODD-1 has product \"spcc\""),
+            "{text}"
+        );
+        assert!(text.contains("cap now: 42 seats (2 built-in + 0 licensed + 40 pooled)"));
     }
 }

@@ -1,6 +1,7 @@
 pub mod util;
 
 mod cli;
+mod clock;
 mod cloud;
 mod daemon;
 mod examples;
