@@ -78,15 +78,14 @@ pub enum DenyReason {
     OverCap,
     /// The cap is zero: no built-in seats configured and no active license.
     NoLicense,
-    /// The VPN server process named in the request does not exist.
+    /// The VPN server process named in the request is not the calling
+    /// hook's own server: the kernel shows no such process among the
+    /// hook's ancestors (or, for ocserv, their children) in its namespace.
     UnknownServer,
     /// The daemon could not record the session (its runtime directory failed).
     Internal,
     /// The key is held by another VPN server process that is still running.
     KeyHeld,
-    /// The request did not come from a process of the VPN server it names
-    /// (the kernel's view of the caller and its ancestors decides).
-    NotYourServer,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -284,7 +284,7 @@ fn deny_message(reason: DenyReason, cap: u32, in_use: u32) -> String {
         DenyReason::NoLicense => {
             "the seat cap is 0: no built-in seats and no active license".into()
         }
-        DenyReason::UnknownServer | DenyReason::NotYourServer => {
+        DenyReason::UnknownServer => {
             "the VPN server process named in the request is not the calling hook's own server (the kernel shows no such process among its ancestors); run the hook from the VPN server it names".into()
         }
         DenyReason::Internal => "the daemon could not record the session; see its log".into(),
