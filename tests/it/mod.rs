@@ -8,9 +8,3 @@ mod pools;
 mod systemd;
 mod vpn;
 mod vpn_harness;
-
-/// The development cloud's pool allocator, compiled here so its unit and
-/// property tests run with the suite (see the [[example]] note in Cargo.toml).
-#[path = "../../examples/devcloud/alloc.rs"]
-#[allow(dead_code)]
-mod devcloud_alloc;
