@@ -6,5 +6,6 @@ mod daemon;
 mod examples;
 mod pools;
 mod systemd;
+mod timing;
 mod vpn;
 mod vpn_harness;

@@ -222,10 +222,10 @@ impl Rig {
     /// `times` times: the allocator has redistributed the pool under the
     /// current demand that often, with the monitor sampling throughout.
     fn renewals(&self, times: usize) {
-        for i in 0..3 {
+        for (i, serial) in SERIALS.iter().enumerate() {
             let mut seen = vec![self.lease_expiry(i)];
             wait_for(
-                &format!("{} to renew its lease {times} times", SERIALS[i]),
+                &format!("{serial} to renew its lease {times} times"),
                 LIMIT,
                 || {
                     let now = self.lease_expiry(i);
