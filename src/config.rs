@@ -830,35 +830,6 @@ mod tests {
     }
 
     #[test]
-    fn the_commented_reconcile_example_in_the_shipped_config_is_valid() {
-        let shipped = include_str!("../config/seatgate.toml");
-        let start = shipped.find("# [[reconcile]]").expect("example present");
-        let example: String = shipped[start..]
-            .lines()
-            .map(|l| l.strip_prefix("# ").unwrap_or(l.trim_start_matches('#')))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let c = parse(&format!("{shipped}{example}"), Path::new("/etc/seatgate")).unwrap();
-        assert_eq!(c.reconcile.len(), 2);
-        assert!(matches!(c.reconcile[0].source, Source::Openvpn { .. }));
-        assert!(matches!(c.reconcile[1].source, Source::Ocserv { .. }));
-    }
-
-    #[test]
-    fn the_commented_cloud_example_in_the_shipped_config_is_valid() {
-        let shipped = include_str!("../config/seatgate.toml");
-        let start = shipped.find("# [cloud]").expect("example present");
-        let example: String = shipped[start..]
-            .lines()
-            .take_while(|l| !l.is_empty())
-            .map(|l| format!("{}\n", l.trim_start_matches("# ")))
-            .collect();
-        let c = parse(&format!("{shipped}{example}"), Path::new("/etc/seatgate")).unwrap();
-        let cloud = c.cloud.expect("the example configures cloud sync");
-        assert_eq!(cloud.poll_interval, Duration::from_secs(900));
-    }
-
-    #[test]
     fn reconcile_problems_name_the_entry_and_key() {
         let cases: &[(&str, &[&str])] = &[
             ("", &["reconcile[0].kind"]),

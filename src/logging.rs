@@ -24,6 +24,8 @@ pub fn init(level: &str) {
     } else {
         builder.try_init()
     };
-    // A second init (tests running the daemon in-process) keeps the first.
+    // A second init keeps the first (no error): `logging::init` is called
+    // once per process by the CLI; tests that run the daemon in-process
+    // (tests/it/util.rs `InProcess`) call `daemon::run` and leave logging off.
     let _ = result;
 }

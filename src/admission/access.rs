@@ -7,7 +7,9 @@ pub struct Peer {
     pub uid: u32,
     pub gid: u32,
     pub pid: i32,
-    /// Supplementary groups (read from /proc only when a group rule needs them).
+    /// Supplementary groups, only when a group rule needs them: as the kernel
+    /// recorded them at connect (SO_PEERGROUPS), from /proc/PID/status only
+    /// on kernels without it (before 4.13).
     pub groups: Vec<u32>,
 }
 

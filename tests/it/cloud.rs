@@ -1,18 +1,19 @@
 //! Cloud sync end to end: the real daemon against the development cloud
-//! (examples/devcloud, built by `cargo test`) over real mTLS on 127.0.0.1,
+//! (the workspace member devcloud/, built on first use) over real mTLS on 127.0.0.1,
 //! with short poll intervals; outcomes are polled with deadlines.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use seatgate::admission::protocol::Request;
 use seatgate::cloud::policy::{FailureKind, Severity};
-use seatgate::license::bundle::{encode_public_key, encode_secret_key, Signed};
+use seatgate::license::bundle::{encode_secret_key, Signed};
 use seatgate::status::Status;
 
-use super::util::{admitted, bin, call, wait_for, Daemon, FakeServer, Gateway, DEVICE};
+use super::util::{admitted, bin, call, wait_for, Cloud, Daemon, FakeServer, Gateway, DEVICE};
 
 const POLL_MS: u64 = 150;
 const SOON: Duration = Duration::from_secs(5);
@@ -26,17 +27,58 @@ pub(super) struct DevCloud {
     pub(super) serve_args: Vec<String>,
 }
 
-fn devcloud_bin() -> PathBuf {
-    let path = Path::new(bin())
-        .parent()
-        .expect("the seatgate binary has a directory")
-        .join("examples/devcloud");
-    assert!(
-        path.is_file(),
-        "{} is missing; `cargo test` builds it (or `cargo build --example devcloud`)",
-        path.display()
-    );
-    path
+/// The devcloud binary (the workspace member `devcloud/`), built once per
+/// test run beside the seatgate binary under test: `cargo test` builds a
+/// package's binaries only for that package's own integration tests.
+pub(super) fn devcloud_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // <target-dir>/<profile>/seatgate (a triple may sit in between).
+        let profile_dir = Path::new(bin())
+            .parent()
+            .expect("the seatgate binary has a directory");
+        let target_dir = profile_dir.parent().expect("a target directory");
+        let mut build = Command::new(env!("CARGO"));
+        // Without what cargo set for this test binary (CARGO_PKG_*,
+        // CARGO_MANIFEST_DIR, OUT_DIR...): build scripts (ring's) rerun when
+        // those change, and the outer `cargo test` would then rebuild them too.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            let set_for_tests = [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+            ]
+            .iter()
+            .any(|p| k.starts_with(p))
+                || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&&*k);
+            if set_for_tests {
+                build.env_remove(&*k);
+            }
+        }
+        build
+            .args(["build", "--quiet", "-p", "devcloud", "--manifest-path"])
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(target_dir);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let out = build.output().expect("cargo runs");
+        assert!(
+            out.status.success(),
+            "cargo build -p devcloud failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = profile_dir.join("devcloud");
+        assert!(
+            path.is_file(),
+            "{} is missing after the build",
+            path.display()
+        );
+        path
+    })
 }
 
 impl DevCloud {
@@ -106,6 +148,18 @@ impl DevCloud {
         self.dir.path().join(name)
     }
 
+    /// The `[cloud]` section for a gateway reaching this cloud as `id`.
+    pub(super) fn section(&self, id: &Identity, poll_ms: u64) -> Cloud {
+        Cloud {
+            addr: self.addr.clone(),
+            ca: id.ca.clone(),
+            cert: id.cert.clone(),
+            key: id.key.clone(),
+            poll_ms,
+            max_backoff_ms: 600,
+        }
+    }
+
     fn usage(&self, serial: &str) -> Option<serde_json::Value> {
         let text = std::fs::read_to_string(self.path(&format!("usage/{serial}.json"))).ok()?;
         serde_json::from_str::<serde_json::Value>(&text)
@@ -121,14 +175,14 @@ impl Drop for DevCloud {
 }
 
 /// The files a gateway uses to reach a cloud.
-struct Identity {
+pub(super) struct Identity {
     ca: PathBuf,
     cert: PathBuf,
     key: PathBuf,
 }
 
 impl Identity {
-    fn of(cloud: &DevCloud, serial: &str) -> Identity {
+    pub(super) fn of(cloud: &DevCloud, serial: &str) -> Identity {
         Identity {
             ca: cloud.path("ca.pem"),
             cert: cloud.path(&format!("devices/{serial}.pem")),
@@ -141,15 +195,11 @@ impl Identity {
 fn cloud_gateway(cloud: &DevCloud, id: &Identity) -> Gateway {
     let gw = Gateway::new(0);
     let _ = std::fs::remove_file(gw.path("bundle.json"));
-    let text = format!(
-        "device = \"{DEVICE}\"\n[license]\ntrusted_keys = [\"{}\"]\n[paths]\nsocket = \"run/seatgate.sock\"\nruntime_dir = \"run\"\nstate_dir = \"state\"\n[admission]\nserver_check_ms = 100\n[cloud]\nurl = \"https://{}/\"\nca_file = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"\npoll_interval_ms = {POLL_MS}\nmax_backoff_ms = 600\nrequest_timeout_ms = 1000\n",
-        encode_public_key(&gw.key.verifying_key()),
-        cloud.addr,
-        id.ca.display(),
-        id.cert.display(),
-        id.key.display(),
+    gw.write(
+        &gw.config()
+            .no_bundle_file()
+            .cloud(cloud.section(id, POLL_MS)),
     );
-    std::fs::write(gw.config_path(), text).unwrap();
     gw
 }
 
@@ -479,14 +529,9 @@ fn sighup_picks_up_a_corrected_cloud_section_and_syncs_at_once() {
     let d = gw.start();
     failed_with(&d, FailureKind::UntrustedServer, "ca_file");
     // Fix the config in place; the slow retry (600 ms) is not what fixes it.
-    let fixed = cloud_gateway(&cloud, &Identity::of(&cloud, DEVICE));
-    std::fs::copy(fixed.config_path(), gw.config_path()).unwrap();
-    let text = std::fs::read_to_string(gw.config_path()).unwrap();
-    std::fs::write(
-        gw.config_path(),
-        text.replace("max_backoff_ms = 600", "max_backoff_ms = 60000"),
-    )
-    .unwrap();
+    let mut fixed = cloud.section(&Identity::of(&cloud, DEVICE), POLL_MS);
+    fixed.max_backoff_ms = 60_000;
+    gw.write(&gw.config().no_bundle_file().cloud(fixed));
     d.signal(Signal::SIGHUP);
     cap_becomes(&d, 22, "the sync after SIGHUP");
     synced(&d);

@@ -4,13 +4,12 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use seatgate::admission::protocol::{DenyReason, Request, Response};
-
-use seatgate::license::License;
 
 use super::util::*;
 
@@ -181,21 +180,29 @@ fn sigkill_during_a_storm_then_restart_keeps_the_count_exact() {
     let server = FakeServer::start(&gw.socket());
     let socket = server.socket().to_path_buf();
     let reqs: Vec<Request> = (0..400).map(|i| server.admit(&format!("k{i}"))).collect();
-    let writer = std::thread::spawn(move || {
-        let mut acked = Vec::new();
-        for req in reqs {
-            let Request::Admit(a) = &req else {
-                unreachable!()
-            };
-            match call(&socket, &req) {
-                Ok(r) if admitted(&r) => acked.push(a.key.clone()),
-                Ok(_) => {}
-                Err(_) => break,
+    let answered = Arc::new(AtomicUsize::new(0));
+    let writer = std::thread::spawn({
+        let answered = answered.clone();
+        move || {
+            let mut acked = Vec::new();
+            for req in reqs {
+                let Request::Admit(a) = &req else {
+                    unreachable!()
+                };
+                match call(&socket, &req) {
+                    Ok(r) if admitted(&r) => acked.push(a.key.clone()),
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+                answered.fetch_add(1, Ordering::Relaxed);
             }
+            acked
         }
-        acked
     });
-    std::thread::sleep(Duration::from_millis(30));
+    // Kill while the storm is under way: some admissions answered, most not.
+    wait_for("the storm to get going", Duration::from_secs(10), || {
+        (answered.load(Ordering::Relaxed) >= 10).then_some(())
+    });
     d.kill9();
     let acked = writer.join().unwrap();
     let d = gw.start();
@@ -426,16 +433,19 @@ fn sighup_reloads_licenses_without_dropping_sessions_and_drains_over_cap() {
     // A replayed older bundle is refused on reload.
     gw.write_bundle(&bundle(1, vec![spc("LIC-1", 4)]));
     d.signal(Signal::SIGHUP);
-    std::thread::sleep(Duration::from_millis(300));
-    let st = d.status();
-    assert_eq!(st.cap_total, 2);
-    assert!(
-        st.warnings
-            .iter()
-            .any(|w| w.contains("older than the accepted generation 2")),
-        "{:?}",
-        st.warnings
+    // The refusal in status is the proof that the reload ran.
+    let st = wait_for(
+        "the reload to refuse the older bundle",
+        Duration::from_secs(5),
+        || {
+            let st = d.status();
+            st.warnings
+                .iter()
+                .any(|w| w.contains("older than the accepted generation 2"))
+                .then_some(st)
+        },
     );
+    assert_eq!(st.cap_total, 2);
 }
 
 #[test]
@@ -450,35 +460,6 @@ fn sigterm_stops_cleanly_and_restart_keeps_sessions() {
     assert!(!gw.socket().exists(), "socket file removed");
     let d = gw.start();
     assert_eq!(d.status().in_use, 1);
-}
-
-#[test]
-fn cap_follows_the_timeline_on_time_without_a_restart() {
-    let gw = Gateway::new(0);
-    let now = chrono::Utc::now();
-    let later = License {
-        activated_at: Some(now + chrono::Duration::milliseconds(1500)),
-        associated_at: None,
-        ..spc("LIC-LATER", 7)
-    };
-    let mut b = bundle(2, vec![spc("LIC-NOW", 10), later]);
-    b.not_after = now + chrono::Duration::milliseconds(3500);
-    gw.write_bundle(&b);
-    let d = gw.start();
-    let st = d.status();
-    assert_eq!(st.cap_total, 12);
-    assert_eq!(st.next_change.map(|s| s.cap), Some(19));
-    wait_for("the license to activate", Duration::from_secs(5), || {
-        (d.status().cap_total == 19).then_some(())
-    });
-    // Past the bundle's not_after: built-in seats only, said in status.
-    wait_for("the bundle to run out", Duration::from_secs(6), || {
-        (d.status().cap_total == 2).then_some(())
-    });
-    let st = d.status();
-    assert!(st.bundle.is_some_and(|b| b.ran_out));
-    let text = String::from_utf8_lossy(&gw.cli(&["status"]).stdout).into_owned();
-    assert!(text.contains("RAN OUT"), "{text}");
 }
 
 #[test]

@@ -8,12 +8,7 @@ mod examples;
 mod hardening;
 mod pools;
 mod systemd;
+mod timing;
 mod vpn;
 mod vpn_harness;
 mod vpn_ns;
-
-/// The development cloud's pool allocator, compiled here so its unit and
-/// property tests run with the suite (see the [[example]] note in Cargo.toml).
-#[path = "../../examples/devcloud/alloc.rs"]
-#[allow(dead_code)]
-mod devcloud_alloc;

@@ -1,19 +1,20 @@
 //! Shared pools end to end (docs/pools.md): the development cloud and three
 //! real daemons sharing a 150-seat pool over mTLS with 1.5 s slice leases,
 //! a load generator with shifting demand, and a monitor sampling the three
-//! pool usages all along: their sum never exceeds the pool, through a cloud
-//! restart, a SIGKILLed gateway and a share undo.
+//! pool usages all along. Each test drives one situation (demand moving, the
+//! cloud down and back, a SIGKILLed gateway, a share undo) on its own cloud
+//! and gateways; in every one the pool usages never sum above the pool.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use seatgate::admission::protocol::{Request, Response};
-use seatgate::license::bundle::encode_public_key;
+use chrono::{DateTime, Utc};
+use seatgate::admission::protocol::{AdmitRequest, Request, Response, ServerKind, ServerRef};
 use seatgate::status::Status;
 
-use super::cloud::DevCloud;
+use super::cloud::{DevCloud, Identity};
 use super::util::{admitted, call, wait_for, Daemon, FakeServer, Gateway};
 
 const POOL: u32 = 150;
@@ -25,15 +26,8 @@ const LIMIT: Duration = Duration::from_secs(20);
 fn pool_gateway(cloud: &DevCloud, serial: &str) -> Gateway {
     let gw = Gateway::new(0);
     let _ = std::fs::remove_file(gw.path("bundle.json"));
-    let text = format!(
-        "device = \"{serial}\"\n[license]\ntrusted_keys = [\"{}\"]\n[paths]\nsocket = \"run/seatgate.sock\"\nruntime_dir = \"run\"\nstate_dir = \"state\"\n[admission]\nserver_check_ms = 100\n[cloud]\nurl = \"https://{}/\"\nca_file = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"\npoll_interval_ms = 300\nmax_backoff_ms = 600\nrequest_timeout_ms = 1000\n",
-        encode_public_key(&gw.key.verifying_key()),
-        cloud.addr,
-        cloud.path("ca.pem").display(),
-        cloud.path(&format!("devices/{serial}.pem")).display(),
-        cloud.path(&format!("devices/{serial}.key")).display(),
-    );
-    std::fs::write(gw.config_path(), text).unwrap();
+    let section = cloud.section(&Identity::of(cloud, serial), 300);
+    gw.write(&gw.config().device(serial).no_bundle_file().cloud(section));
     gw
 }
 
@@ -48,7 +42,43 @@ fn pool_use(s: &Status) -> u32 {
     s.in_use.saturating_sub(BUILTIN)
 }
 
-/// The monitor: samples the three pool usages until stopped.
+/// A cloud serving `LIC-POOL` (150 seats on A, shared with `members`) with
+/// 1.5 s slice leases.
+fn pool_cloud(members: &[&str]) -> DevCloud {
+    let signer = Gateway::new(0);
+    let mut cloud = DevCloud::new(&signer, 3600);
+    for s in members {
+        cloud.run(&["device", "add", s, "--org", "ORG-T"]);
+    }
+    cloud.run(&[
+        "license", "add", "LIC-POOL", "--device", members[0], "--seats", "150",
+    ]);
+    for s in &members[1..] {
+        cloud.run(&["license", "share", "LIC-POOL", "--with", s]);
+    }
+    cloud.serve_args = vec!["--lease-ms".into(), "1500".into()];
+    cloud.start();
+    cloud
+}
+
+/// The three gateways of a pool under load: their daemons, a stand-in VPN
+/// server on each, a load generator and a monitor.
+struct Rig {
+    started: Instant,
+    cloud: DevCloud,
+    gws: Vec<Gateway>,
+    sockets: Vec<std::path::PathBuf>,
+    daemons: Vec<Option<Daemon>>,
+    _servers: Vec<FakeServer>,
+    stop: Arc<AtomicBool>,
+    targets: Arc<[AtomicU32; 3]>,
+    admits: Arc<AtomicU32>,
+    monitor: Arc<Mutex<Monitor>>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+/// What the monitor saw of the three pool usages.
+#[derive(Default)]
 struct Monitor {
     samples: u64,
     max_sum: u32,
@@ -56,50 +86,53 @@ struct Monitor {
     last: [u32; 3],
 }
 
-#[test]
-fn three_gateways_share_a_150_seat_pool_and_never_oversubscribe_it() {
-    let started = Instant::now();
-    let signer = Gateway::new(0);
-    let mut cloud = DevCloud::new(&signer, 3600);
-    for s in SERIALS {
-        cloud.run(&["device", "add", s, "--org", "ORG-T"]);
+impl Rig {
+    fn start() -> Rig {
+        let started = Instant::now();
+        let cloud = pool_cloud(&SERIALS);
+        let gws: Vec<Gateway> = SERIALS.iter().map(|s| pool_gateway(&cloud, s)).collect();
+        let sockets: Vec<_> = gws.iter().map(|g| g.socket()).collect();
+        let daemons = gws.iter().map(|g| Some(g.start())).collect();
+        for (i, sock) in sockets.iter().enumerate() {
+            wait_for(
+                &format!("{} to hold a slice lease", SERIALS[i]),
+                LIMIT,
+                || status(sock).filter(|s| s.pools.first().is_some_and(|p| p.lease_valid)),
+            );
+        }
+        let servers: Vec<FakeServer> = sockets.iter().map(|s| FakeServer::start(s)).collect();
+        let mut rig = Rig {
+            started,
+            cloud,
+            gws,
+            sockets,
+            daemons,
+            stop: Arc::new(AtomicBool::new(false)),
+            targets: Arc::new([AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0)]),
+            admits: Arc::new(AtomicU32::new(0)),
+            monitor: Arc::default(),
+            _servers: Vec::new(),
+            threads: Vec::new(),
+        };
+        rig.threads.push(rig.monitor_thread());
+        rig.threads.push(rig.load_thread(&servers));
+        rig._servers = servers;
+        rig
     }
-    cloud.run(&[
-        "license", "add", "LIC-POOL", "--device", SERIALS[0], "--seats", "150",
-    ]);
-    cloud.run(&["license", "share", "LIC-POOL", "--with", SERIALS[1]]);
-    cloud.run(&["license", "share", "LIC-POOL", "--with", SERIALS[2]]);
-    cloud.serve_args = vec!["--lease-ms".into(), "1500".into()];
-    cloud.start();
 
-    let gws: Vec<Gateway> = SERIALS.iter().map(|s| pool_gateway(&cloud, s)).collect();
-    let sockets: Vec<_> = gws.iter().map(|g| g.socket()).collect();
-    let daemons: Arc<Mutex<Vec<Option<Daemon>>>> =
-        Arc::new(Mutex::new(gws.iter().map(|g| Some(g.start())).collect()));
-    for (i, sock) in sockets.iter().enumerate() {
-        wait_for(
-            &format!("{} to hold a slice lease", SERIALS[i]),
-            LIMIT,
-            || status(sock).filter(|s| s.pools.first().is_some_and(|p| p.lease_valid)),
+    /// Samples the three pool usages until stopped. A gateway that is down
+    /// keeps its sessions: its last value counts.
+    fn monitor_thread(&self) -> thread::JoinHandle<()> {
+        let (stop, monitor, sockets) = (
+            self.stop.clone(),
+            self.monitor.clone(),
+            self.sockets.clone(),
         );
-    }
-    let servers: Vec<FakeServer> = sockets.iter().map(|s| FakeServer::start(s)).collect();
-
-    // Monitor.
-    let stop = Arc::new(AtomicBool::new(false));
-    let monitor = Arc::new(Mutex::new(Monitor {
-        samples: 0,
-        max_sum: 0,
-        over: Vec::new(),
-        last: [0; 3],
-    }));
-    let mon = {
-        let (stop, monitor, sockets) = (stop.clone(), monitor.clone(), sockets.clone());
+        let started = self.started;
         thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 let mut m = monitor.lock().unwrap();
                 for (i, sock) in sockets.iter().enumerate() {
-                    // A gateway that is down keeps its sessions: last value.
                     if let Some(s) = status(sock) {
                         m.last[i] = pool_use(&s);
                     }
@@ -112,24 +145,22 @@ fn three_gateways_share_a_150_seat_pool_and_never_oversubscribe_it() {
                     m.over.push((at, last));
                 }
                 drop(m);
+                // Pacing (not synchronisation): leaves the CPU to the daemons.
                 thread::sleep(Duration::from_millis(5));
             }
         })
-    };
+    }
 
-    // Load generator: keeps each gateway at its target number of sessions
-    // (pool part = target − 2), admitting one at a time, releasing too.
-    let targets: Arc<[AtomicU32; 3]> =
-        Arc::new([AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0)]);
-    let admits = Arc::new(AtomicU32::new(0));
-    let load = {
+    /// Keeps each gateway at its target number of sessions (pool part =
+    /// target − 2), admitting one at a time, releasing too.
+    fn load_thread(&self, servers: &[FakeServer]) -> thread::JoinHandle<()> {
         let (stop, targets, sockets, admits) = (
-            stop.clone(),
-            targets.clone(),
-            sockets.clone(),
-            admits.clone(),
+            self.stop.clone(),
+            self.targets.clone(),
+            self.sockets.clone(),
+            self.admits.clone(),
         );
-        let reqs: Vec<_> = servers.iter().map(|s| s.pid()).collect();
+        let pids: Vec<_> = servers.iter().map(|s| s.pid()).collect();
         let relays: Vec<_> = servers.iter().map(|s| s.socket().to_path_buf()).collect();
         thread::spawn(move || {
             let mut held: [Vec<String>; 3] = Default::default();
@@ -140,12 +171,12 @@ fn three_gateways_share_a_150_seat_pool_and_never_oversubscribe_it() {
                     if held[i].len() < want {
                         next += 1;
                         let key = format!("{}-{next}", SERIALS[i]);
-                        let req = Request::Admit(seatgate::admission::protocol::AdmitRequest {
+                        let req = Request::Admit(AdmitRequest {
                             key: key.clone(),
                             user: format!("u{next}"),
-                            server: seatgate::admission::protocol::ServerRef {
-                                kind: seatgate::admission::protocol::ServerKind::Other,
-                                pid: reqs[i],
+                            server: ServerRef {
+                                kind: ServerKind::Other,
+                                pid: pids[i],
                             },
                             remote: "192.0.2.9".into(),
                         });
@@ -160,113 +191,174 @@ fn three_gateways_share_a_150_seat_pool_and_never_oversubscribe_it() {
                         }
                     }
                 }
+                // Pacing (not synchronisation): demand arrives over time.
                 thread::sleep(Duration::from_millis(2));
             }
         })
-    };
-    let set = |a: u32, b: u32, c: u32| {
-        for (t, v) in targets.iter().zip([a, b, c]) {
+    }
+
+    /// Pool sessions wanted on A, B and C.
+    fn set(&self, a: u32, b: u32, c: u32) {
+        for (t, v) in self.targets.iter().zip([a, b, c]) {
             t.store(v + BUILTIN, Ordering::Relaxed);
         }
-    };
-    let pool_of = |i: usize| status(&sockets[i]).map_or(0, |s| pool_use(&s));
+    }
 
-    // Phase 1: demand mostly on A (more than the pool in total).
-    set(120, 15, 15);
-    let t1 = Instant::now();
-    wait_for("A to reach 100 pool sessions", LIMIT, || {
-        (pool_of(0) >= 100).then_some(())
-    });
-    let phase1 = t1.elapsed();
-    thread::sleep(Duration::from_secs(2));
+    fn pool_of(&self, i: usize) -> u32 {
+        status(&self.sockets[i]).map_or(0, |s| pool_use(&s))
+    }
 
-    // Phase 2: demand moves to C.
-    set(10, 15, 120);
-    let t2 = Instant::now();
-    wait_for("C to reach 100 pool sessions", LIMIT, || {
-        (pool_of(2) >= 100).then_some(())
-    });
-    let rebalance = t2.elapsed();
-    thread::sleep(Duration::from_secs(1));
+    fn reaches(&self, i: usize, n: u32, what: &str) -> Duration {
+        let t = Instant::now();
+        wait_for(what, LIMIT, || (self.pool_of(i) >= n).then_some(()));
+        t.elapsed()
+    }
+
+    fn lease_expiry(&self, i: usize) -> Option<DateTime<Utc>> {
+        status(&self.sockets[i]).and_then(|s| s.pools.first().and_then(|p| p.lease_expires))
+    }
+
+    /// Waits until every running gateway has renewed its slice lease
+    /// `times` times: the allocator has redistributed the pool under the
+    /// current demand that often, with the monitor sampling throughout.
+    fn renewals(&self, times: usize) {
+        for (i, serial) in SERIALS.iter().enumerate() {
+            let mut seen = vec![self.lease_expiry(i)];
+            wait_for(
+                &format!("{serial} to renew its lease {times} times"),
+                LIMIT,
+                || {
+                    let now = self.lease_expiry(i);
+                    if now.is_some() && seen.last() != Some(&now) {
+                        seen.push(now);
+                    }
+                    (seen.len() > times).then_some(())
+                },
+            );
+        }
+    }
+
+    /// Stops the load and the monitor; asserts the pool was never
+    /// oversubscribed and returns the report line.
+    fn finish(mut self, what: &str) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            t.join().unwrap();
+        }
+        let m = self.monitor.lock().unwrap();
+        eprintln!(
+            "pools ({what}): {} samples, max pool sum {} of {POOL}, {} admissions in {:?}",
+            m.samples,
+            m.max_sum,
+            self.admits.load(Ordering::Relaxed),
+            self.started.elapsed()
+        );
+        assert!(m.over.is_empty(), "pool oversubscribed: {:?}", m.over);
+        assert!(m.max_sum <= POOL);
+        assert!(m.samples > 100, "too few samples: {}", m.samples);
+    }
+}
+
+#[test]
+fn demand_moving_between_three_gateways_never_oversubscribes_the_pool() {
+    let rig = Rig::start();
+    // Demand mostly on A (more than the pool in total).
+    rig.set(120, 15, 15);
+    let phase1 = rig.reaches(0, 100, "A to reach 100 pool sessions");
+    rig.renewals(2);
+    // Demand moves to C.
+    rig.set(10, 15, 120);
+    let rebalance = rig.reaches(2, 100, "C to reach 100 pool sessions");
+    rig.renewals(2);
+    eprintln!(
+        "pools: phase 1 A->100 in {phase1:?}; rebalancing A->C (C reaches 100) in {rebalance:?}"
+    );
+    rig.finish("demand moves");
+}
+
+#[test]
+fn with_the_cloud_down_slices_run_out_no_pool_session_is_admitted_and_a_restart_resumes() {
+    let mut rig = Rig::start();
+    rig.set(10, 15, 120);
+    rig.reaches(2, 100, "C to reach 100 pool sessions");
 
     // The cloud dies: slices run out, no new pool session anywhere; the
     // sessions held stay. Then it comes back (quiet for one lease).
-    cloud.stop();
+    rig.cloud.stop();
     let cloud_down = Instant::now();
-    for (i, sock) in sockets.iter().enumerate() {
+    for (i, sock) in rig.sockets.iter().enumerate() {
         wait_for(&format!("{}'s lease to run out", SERIALS[i]), LIMIT, || {
             status(sock).filter(|s| s.cap.pooled == 0 && !s.pools[0].lease_valid)
         });
     }
-    let held_when_down: Vec<u32> = (0..3).map(pool_of).collect();
-    set(60, 15, 120);
-    thread::sleep(Duration::from_millis(500));
-    let grown: Vec<u32> = (0..3).map(pool_of).collect();
+    let held_when_down: Vec<u32> = (0..3).map(|i| rig.pool_of(i)).collect();
+    // Demand moves to A (B and C keep theirs): the sessions A is refused
+    // are the proof that it decided without a lease before checking that
+    // no gateway grew.
+    let denials = status(&rig.sockets[0]).unwrap().denials;
+    rig.set(60, 15, 120);
+    wait_for("A to refuse 2 admissions", LIMIT, || {
+        status(&rig.sockets[0]).filter(|s| s.denials >= denials + 2)
+    });
+    let grown: Vec<u32> = (0..3).map(|i| rig.pool_of(i)).collect();
     assert!(
         grown.iter().zip(&held_when_down).all(|(g, h)| g <= h),
         "no pool admission without a lease: {held_when_down:?} -> {grown:?}"
     );
-    cloud.start();
+    rig.cloud.start();
     let down_for = cloud_down.elapsed();
-    let t3 = Instant::now();
-    wait_for("A to grow again after the cloud restart", LIMIT, || {
-        (pool_of(0) > held_when_down[0]).then_some(())
-    });
-    let after_restart = t3.elapsed();
+    let after_restart = rig.reaches(
+        0,
+        held_when_down[0] + 1,
+        "A to grow again after the cloud restart",
+    );
+    eprintln!("pools: cloud down {down_for:?}, A grows again {after_restart:?} after restart");
+    rig.finish("cloud down");
+}
 
-    // A gateway is SIGKILLed and restarted: its sessions survive in its
-    // journal, it starts without a lease.
-    set(60, 30, 40);
-    thread::sleep(Duration::from_secs(2));
-    let b = daemons.lock().unwrap()[1].take().unwrap();
+#[test]
+fn a_sigkilled_pool_gateway_keeps_its_sessions_and_gets_a_lease_again() {
+    let mut rig = Rig::start();
+    rig.set(60, 30, 40);
+    for (i, n) in [60, 30, 40].into_iter().enumerate() {
+        rig.reaches(i, n, &format!("{} to reach {n} pool sessions", SERIALS[i]));
+    }
+    // B is SIGKILLed (kill9 waits for it to be gone) and restarted: its
+    // sessions survive in its journal, it starts without a lease.
+    let b = rig.daemons[1].take().unwrap();
+    let held = rig.pool_of(1);
     b.kill9();
-    thread::sleep(Duration::from_millis(300));
-    let d = gws[1].start();
-    daemons.lock().unwrap()[1] = Some(d);
-    let t4 = Instant::now();
+    let d = rig.gws[1].start();
+    assert_eq!(pool_use(&d.status()), held, "B's sessions survive");
+    rig.daemons[1] = Some(d);
+    let t = Instant::now();
     wait_for("B to hold a lease again", LIMIT, || {
-        status(&sockets[1]).filter(|s| s.pools[0].lease_valid)
+        status(&rig.sockets[1]).filter(|s| s.pools[0].lease_valid)
     });
-    let b_back = t4.elapsed();
-    set(60, 50, 40);
-    wait_for("B to grow to 50 pool sessions", LIMIT, || {
-        (pool_of(1) >= 50).then_some(())
-    });
+    let b_back = t.elapsed();
+    rig.set(60, 50, 40);
+    rig.reaches(1, 50, "B to grow to 50 pool sessions");
+    eprintln!("pools: B restarted holds a lease after {b_back:?}");
+    rig.finish("SIGKILL");
+}
 
+#[test]
+fn after_a_share_undo_the_leaving_gateway_drains_before_its_seats_move() {
+    let rig = Rig::start();
+    rig.set(10, 15, 120);
+    rig.reaches(2, 100, "C to reach 100 pool sessions");
     // Share undo: C leaves the pool; its sessions drain; only then does A
     // get its seats.
-    cloud.run(&["license", "unshare", "LIC-POOL", "--from", SERIALS[2]]);
+    rig.cloud
+        .run(&["license", "unshare", "LIC-POOL", "--from", SERIALS[2]]);
     wait_for("C to lose the pool", LIMIT, || {
-        status(&sockets[2]).filter(|s| s.cap_total == BUILTIN)
+        status(&rig.sockets[2]).filter(|s| s.cap_total == BUILTIN)
     });
-    set(100, 40, 0);
-    let t5 = Instant::now();
-    wait_for("A to get C's seats after C drained", LIMIT, || {
-        (pool_of(0) >= 100).then_some(())
-    });
-    let after_unshare = t5.elapsed();
-    assert_eq!(pool_of(2), 0);
-
-    stop.store(true, Ordering::Relaxed);
-    mon.join().unwrap();
-    load.join().unwrap();
-    let m = monitor.lock().unwrap();
-    eprintln!(
-        "pools: {} samples, max pool sum {} of {POOL}, {} admissions in {:?}",
-        m.samples,
-        m.max_sum,
-        admits.load(Ordering::Relaxed),
-        started.elapsed()
-    );
-    eprintln!(
-        "pools: phase 1 A->100 in {phase1:?}; rebalancing A->C (C reaches 100) in {rebalance:?}; \
-         cloud down {down_for:?}, A grows again {after_restart:?} after restart; \
-         B restarted holds a lease after {b_back:?}; A takes C's seats {after_unshare:?} after unshare"
-    );
-    assert!(m.over.is_empty(), "pool oversubscribed: {:?}", m.over);
-    assert!(m.max_sum <= POOL);
-    assert!(m.samples > 100, "too few samples: {}", m.samples);
-    drop(servers);
+    rig.set(100, 40, 0);
+    let after_unshare = rig.reaches(0, 100, "A to get C's seats after C drained");
+    assert_eq!(rig.pool_of(2), 0);
+    eprintln!("pools: A takes C's seats {after_unshare:?} after unshare");
+    rig.finish("share undo");
 }
 
 /// What the devcloud's allocator knows of `serial` in `pool` (None: not a
@@ -291,16 +383,7 @@ fn a_gateway_restarted_after_a_share_undo_still_reports_its_draining_sessions() 
     use std::os::unix::fs::PermissionsExt;
     const B: &str = "ESG-PB";
     const P: &str = "POOL-LIC-POOL";
-    let signer = Gateway::new(0);
-    let mut cloud = DevCloud::new(&signer, 3600);
-    cloud.run(&["device", "add", "ESG-PA", "--org", "ORG-T"]);
-    cloud.run(&["device", "add", B, "--org", "ORG-T"]);
-    cloud.run(&[
-        "license", "add", "LIC-POOL", "--device", "ESG-PA", "--seats", "150",
-    ]);
-    cloud.run(&["license", "share", "LIC-POOL", "--with", B]);
-    cloud.serve_args = vec!["--lease-ms".into(), "1500".into()];
-    cloud.start();
+    let cloud = pool_cloud(&["ESG-PA", B]);
 
     // B holds 2 built-in and 5 pool sessions.
     let gw = pool_gateway(&cloud, B);

@@ -1,5 +1,8 @@
-//! Fixtures: a gateway on a temp dir (keys, signed bundle, config) and the
-//! real `seatgate` binary running on it; readiness polled with a deadline.
+//! Fixtures: a gateway on a temp dir (keys, signed bundle, a config made by
+//! the one `ConfigBuilder`), the daemon running on it, either the real
+//! `seatgate` binary (`Daemon`: signals, restarts, file modes) or
+//! `seatgate::daemon::run` in this process (`InProcess`); readiness and
+//! background rounds polled with a deadline, never slept for.
 
 #![allow(dead_code)]
 
@@ -12,6 +15,7 @@ use ed25519_dalek::SigningKey;
 use seatgate::admission::protocol::{AdmitRequest, Request, Response, ServerKind, ServerRef};
 use seatgate::license::bundle::{encode_public_key, sign, Bundle, FORMAT};
 use seatgate::license::{Binding, License};
+use seatgate::status::{Rounds, Status};
 
 pub const DEVICE: &str = "ESG-TEST";
 
@@ -68,6 +72,118 @@ pub fn bundle(generation: u64, licenses: Vec<License>) -> Bundle {
     }
 }
 
+/// The one place tests write seatgate's TOML. Defaults: the test gateway
+/// `DEVICE`, its bundle file, paths in the gateway's dir, dead servers
+/// checked every 100 ms.
+#[derive(Debug, Clone)]
+pub struct ConfigBuilder {
+    device: String,
+    trusted_key: String,
+    log_level: Option<String>,
+    bundle_file: bool,
+    server_check_ms: u64,
+    admission: String,
+    cloud: Option<Cloud>,
+    reconcile: Vec<String>,
+}
+
+/// A `[cloud]` section: where and as whom, and how fast to poll.
+#[derive(Debug, Clone)]
+pub struct Cloud {
+    pub addr: String,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub poll_ms: u64,
+    pub max_backoff_ms: u64,
+}
+
+impl ConfigBuilder {
+    pub fn new(key: &SigningKey) -> ConfigBuilder {
+        ConfigBuilder {
+            device: DEVICE.into(),
+            trusted_key: encode_public_key(&key.verifying_key()),
+            log_level: Some("info".into()),
+            bundle_file: true,
+            server_check_ms: 100,
+            admission: String::new(),
+            cloud: None,
+            reconcile: Vec::new(),
+        }
+    }
+
+    pub fn device(mut self, serial: &str) -> Self {
+        self.device = serial.into();
+        self
+    }
+
+    /// No `bundle_file`: licenses come from the cloud only.
+    pub fn no_bundle_file(mut self) -> Self {
+        self.bundle_file = false;
+        self
+    }
+
+    pub fn server_check_ms(mut self, ms: u64) -> Self {
+        self.server_check_ms = ms;
+        self
+    }
+
+    /// More lines for `[admission]` (`key = value`, one per line).
+    pub fn admission(mut self, lines: &str) -> Self {
+        if !lines.is_empty() {
+            self.admission.push_str(lines);
+            self.admission.push('\n');
+        }
+        self
+    }
+
+    pub fn cloud(mut self, cloud: Cloud) -> Self {
+        self.cloud = Some(cloud);
+        self
+    }
+
+    /// One `[[reconcile]]` entry (its `key = value` lines).
+    pub fn reconcile(mut self, lines: &str) -> Self {
+        self.reconcile.push(lines.into());
+        self
+    }
+
+    pub fn build(&self) -> String {
+        let mut t = format!("device = \"{}\"\n", self.device);
+        if let Some(level) = &self.log_level {
+            t += &format!("log_level = \"{level}\"\n");
+        }
+        t += &format!("[license]\ntrusted_keys = [\"{}\"]\n", self.trusted_key);
+        if self.bundle_file {
+            t += "bundle_file = \"bundle.json\"\n";
+        }
+        t += "[paths]\nsocket = \"run/seatgate.sock\"\nruntime_dir = \"run\"\nstate_dir = \"state\"\n";
+        t += &format!(
+            "[admission]\nserver_check_ms = {}\n{}",
+            self.server_check_ms, self.admission
+        );
+        if let Some(c) = &self.cloud {
+            t += &format!(
+                "[cloud]\nurl = \"https://{}/\"\nca_file = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"\npoll_interval_ms = {}\nmax_backoff_ms = {}\nrequest_timeout_ms = 1000\n",
+                c.addr,
+                c.ca.display(),
+                c.cert.display(),
+                c.key.display(),
+                c.poll_ms,
+                c.max_backoff_ms,
+            );
+        }
+        for r in &self.reconcile {
+            t += &format!("[[reconcile]]\n{r}\n");
+        }
+        t
+    }
+
+    pub fn write(&self, path: &Path) {
+        std::fs::write(path, self.build()).unwrap();
+    }
+}
+
 /// A gateway's files in a temp dir: signing key, config, bundle file.
 pub struct Gateway {
     pub dir: tempfile::TempDir,
@@ -117,13 +233,24 @@ impl Gateway {
         std::fs::write(self.path("bundle.json"), sign(b, &self.key).to_json()).unwrap();
     }
 
+    /// The builder for this gateway's config (its key, `extra_config`).
+    pub fn config(&self) -> ConfigBuilder {
+        ConfigBuilder::new(&self.key).admission(&self.extra_config)
+    }
+
+    /// Writes the default config (`config()`).
     pub fn write_config(&self) {
-        let text = format!(
-            "device = \"{DEVICE}\"\nlog_level = \"info\"\n[license]\ntrusted_keys = [\"{}\"]\nbundle_file = \"bundle.json\"\n[paths]\nsocket = \"run/seatgate.sock\"\nruntime_dir = \"run\"\nstate_dir = \"state\"\n[admission]\nserver_check_ms = 100\n{}\n",
-            encode_public_key(&self.key.verifying_key()),
-            self.extra_config
-        );
-        std::fs::write(self.config_path(), text).unwrap();
+        self.config().write(&self.config_path());
+    }
+
+    /// Writes `config` as this gateway's config.
+    pub fn write(&self, config: &ConfigBuilder) {
+        config.write(&self.config_path());
+    }
+
+    /// Runs the daemon in this process (see `InProcess`).
+    pub fn start_in_process(&self) -> InProcess {
+        InProcess::start(self)
     }
 
     /// Starts the real daemon and waits until it answers.
@@ -220,11 +347,18 @@ impl Daemon {
         self.child.wait().unwrap();
     }
 
-    pub fn status(&self) -> seatgate::status::Status {
-        match call(&self.socket, &Request::Status).unwrap() {
-            Response::Status(s) => serde_json::from_value(s.status).unwrap(),
-            other => panic!("status expected, got {other:?}"),
-        }
+    pub fn status(&self) -> Status {
+        status_of(&self.socket)
+    }
+
+    /// Status after `n` more dead-server checks (see `after_rounds`).
+    pub fn after_reaps(&self, n: u64) -> Status {
+        after_rounds(&self.socket, "dead-server checks", |r| r.reap, n)
+    }
+
+    /// Status after `n` more reconciliation rounds.
+    pub fn after_reconciles(&self, n: u64) -> Status {
+        after_rounds(&self.socket, "reconciliation rounds", |r| r.reconcile, n)
     }
 }
 
@@ -232,6 +366,105 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+pub fn status_of(socket: &Path) -> Status {
+    match call(socket, &Request::Status).unwrap() {
+        Response::Status(s) => serde_json::from_value(s.status).unwrap(),
+        other => panic!("status expected, got {other:?}"),
+    }
+}
+
+/// Proof that the daemon looked: waits until the round counter `count`
+/// picks has grown by `n` since now, and returns the status then. A round
+/// in progress when this is called may have read the old state, so a check
+/// that "nothing changed" asks for 2: one round wholly after the change.
+pub fn after_rounds(socket: &Path, what: &str, count: fn(&Rounds) -> u64, n: u64) -> Status {
+    let start = count(&status_of(socket).rounds);
+    wait_for(
+        &format!("{n} more {what} (from {start})"),
+        Duration::from_secs(10),
+        || {
+            let s = status_of(socket);
+            (count(&s.rounds) >= start + n).then_some(s)
+        },
+    )
+}
+
+/// The daemon's `run` on a current-thread runtime in a thread of this test
+/// process, stopped through its shutdown future: for behaviour over time
+/// (rounds, steps, expiry) where a process boundary adds nothing. Logging
+/// stays off (only the CLI calls `logging::init`).
+///
+/// Time here is real, not tokio's paused clock: the daemon's time-dependent
+/// decisions read the wall clock (`Utc::now`, licenses) and `std::time::Instant`
+/// (slice leases), and what it waits for is real (a process gone from /proc,
+/// bytes on a socket). A paused clock would only make its intervals fire
+/// back to back whenever the runtime idles on that real I/O. Tests wait for
+/// the events the daemon counts instead (`after_rounds`).
+pub struct InProcess {
+    pub socket: PathBuf,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl InProcess {
+    pub fn start(gw: &Gateway) -> InProcess {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let config = gw.config_path();
+        let thread = std::thread::Builder::new()
+            .name("seatgate-daemon".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(seatgate::daemon::run(config, async {
+                    let _ = rx.await;
+                }))
+            })
+            .unwrap();
+        let mut d = InProcess {
+            socket: gw.socket(),
+            shutdown: Some(tx),
+            thread: Some(thread),
+        };
+        wait_for(
+            "the in-process daemon to answer ping",
+            Duration::from_secs(10),
+            || {
+                if d.thread.as_ref().is_some_and(|t| t.is_finished()) {
+                    let result = d.thread.take().unwrap().join().unwrap();
+                    panic!("the in-process daemon stopped at start: {result:?}");
+                }
+                matches!(call(&d.socket, &Request::Ping), Ok(Response::Pong(_))).then_some(())
+            },
+        );
+        d
+    }
+
+    pub fn status(&self) -> Status {
+        status_of(&self.socket)
+    }
+
+    /// Status after `n` more dead-server checks (see `after_rounds`).
+    pub fn after_reaps(&self, n: u64) -> Status {
+        after_rounds(&self.socket, "dead-server checks", |r| r.reap, n)
+    }
+
+    /// Resolves the shutdown future and returns what `run` returned.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.take().map(|tx| tx.send(()));
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.shutdown.take().map(|tx| tx.send(()));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -280,8 +513,8 @@ impl FakeServer {
         let child = cmd
             .spawn()
             .expect("socat is needed for the daemon tests (scripts/test installs it)");
-        // Listening, not just bound (a connect between socat's bind and
-        // listen is refused): the kernel's socket table says which.
+        // The file appears at bind(), before listen(): wait for the kernel
+        // to list it as listening.
         wait_for("the relay to listen", Duration::from_secs(10), || {
             listening(&socket).then_some(())
         });
@@ -333,14 +566,17 @@ impl Drop for FakeServer {
     }
 }
 
-/// Whether a Unix socket is listening at `path` (/proc/net/unix: the
-/// `__SO_ACCEPTCON` flag).
+/// True when the kernel lists a listening Unix socket bound at `path`
+/// (/proc/net/unix: flags `00010000` is `__SO_ACCEPTCON`).
 pub fn listening(path: &Path) -> bool {
-    let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
-    let path = path.to_string_lossy();
-    table.lines().any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.len() >= 8 && f[7] == path && f[3] == "00010000"
+    let Some(path) = path.to_str() else {
+        return false;
+    };
+    std::fs::read_to_string("/proc/net/unix").is_ok_and(|t| {
+        t.lines().skip(1).any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() >= 8 && f[3] == "00010000" && f[7] == path
+        })
     })
 }
 

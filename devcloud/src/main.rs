@@ -1,7 +1,7 @@
 //! devcloud: a development cloud for seatgate, for tests and demos only
-//! (an example, so its server-side dependencies never reach the gateway
-//! binary). It implements docs/cloud-api.md from a JSON state file:
-//! organizations (implicit in devices), devices and licenses, with
+//! (its own crate in the workspace, so its server-side dependencies never
+//! reach the gateway binary). It implements docs/cloud-api.md from a JSON
+//! state file: organizations (implicit in devices), devices and licenses, with
 //! subcommands for the license lifecycle (add, move, expire, replace a
 //! device, share and unshare). It signs bundles with its Ed25519 key through
 //! seatgate's own `license::bundle::sign`, serves HTTPS with certificates it
@@ -9,10 +9,10 @@
 //! client certificates), requires a client certificate and maps its CN to
 //! the device serial.
 //!
-//!   cargo run --example devcloud -- --dir /tmp/dc init
-//!   cargo run --example devcloud -- --dir /tmp/dc device add ESG-A1 --org ORG-1
-//!   cargo run --example devcloud -- --dir /tmp/dc license add LIC-1 --device ESG-A1 --seats 20
-//!   cargo run --example devcloud -- --dir /tmp/dc serve --addr 127.0.0.1:8443
+//!   cargo run -p devcloud -- --dir /tmp/dc init
+//!   cargo run -p devcloud -- --dir /tmp/dc device add ESG-A1 --org ORG-1
+//!   cargo run -p devcloud -- --dir /tmp/dc license add LIC-1 --device ESG-A1 --seats 20
+//!   cargo run -p devcloud -- --dir /tmp/dc serve --addr 127.0.0.1:8443
 //!
 //! Shared pools are handed out in signed slice leases (docs/pools.md) by the
 //! pure allocator in `alloc.rs`; its state is DIR/pools.json, written by
