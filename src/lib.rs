@@ -1,34 +1,40 @@
 //! seatgate: the SecuPoint VPN client seat enforcer for EnGenius ESG gateways.
 //!
-//! Map of the modules (pure logic first, I/O at the edges):
-//! - `license/`: the license engine. `model` (records and their rules),
-//!   `lifecycle` (status at an instant), `cap` (seat cap and timeline),
-//!   `bundle` (Ed25519-signed bundles and their acceptance), `lease`
-//!   (signed slice leases of shared pools, the book of leases in force). Pure.
-//! - `clock`: the engine's never-backwards now. Pure.
-//! - `cloud/`: cloud sync. `wire` (the contract as data), `policy` (next
-//!   attempt, back-off, jitter, cloud status: pure), `client` (HTTPS, mTLS),
-//!   `sync` (the loop feeding bundles to the seat authority), `pools` (slice
-//!   leases of shared pools: report usage, renew, docs/pools.md).
-//! - `config`: TOML parsed and validated into typed values.
-//! - `licensing`: the engine meets the disk (stored bundle, bundle file, clock,
-//!   the pools and epochs the lease book remembers).
-//! - `report`: the license report (pure) behind `seatgate licenses`.
-//! - `store`: atomic file writes.
-//! - `sys`: users and groups, peer credentials, process liveness, systemd.
-//! - `admission/`: seat admission. `protocol` (bytes <-> requests), `table`
-//!   (session table, pure), `journal` (crash-safe persistence), `seats` (table
-//!   + licenses under one lock), `access` (peer rights, pure), `server` (socket).
-//! - `status`: the daemon's status (pure) and its text form.
-//! - `daemon`: `seatgate run`, wiring everything under one shutdown.
-//! - `reconcile/`: the VPN servers' own session lists (`openvpn` management
-//!   `status 3`, `ocserv` occtl JSON: pure parsing; `Listing`: which sessions
-//!   are stale, pure), `fetch` (asking them, with timeouts) and `task` (the
-//!   start-up and interval loop that releases stale seats).
-//! - `client`: blocking socket client for hooks and operator commands.
-//! - `hook/`: VPN server adapters (`openvpn`, `ocserv`): environment to request (pure).
-//! - `logging`: journald-friendly tracing output.
-//! - `cli`: the `seatgate` command line; `main.rs` only calls it.
+//! The modules in layers, lowest first; a module uses only modules above it
+//! in this list (`use crate::` points down, never up; checked by
+//! `shared/tools/modcycles.py`):
+//! 1. `text`: untrusted text made safe for logs and tables. Pure.
+//! 2. `store`: atomic file writes, tolerant reads.
+//! 3. `sys/`: the OS edge, one file per job: `users`, `peer` (socket peer
+//!    groups), `process` (/proc: identity, ancestry, pid namespaces;
+//!    `locate` finds a hook's VPN server from the kernel), `systemd`.
+//! 4. `license/`: the license engine. `model` (records and their rules),
+//!    `lifecycle`, `cap` (seat cap and timeline), `bundle` (Ed25519-signed
+//!    bundles), `lease` (slice leases of shared pools), `time` (the trusted
+//!    clock), `in_force` (the licenses in force and how a bundle replaces
+//!    them), `report` (`seatgate licenses`): pure; `disk`: their files.
+//! 5. `config`: TOML parsed and validated into typed values, host checks.
+//! 6. `admission/`: seat admission. `protocol` (bytes <-> requests, no I/O)
+//!    and its blocking `client`, `table` (sessions, pure), `snapshot` (its
+//!    file format, pure), `journal` (crash-safe persistence), `lock` (one
+//!    daemon per runtime directory), `seats` (the core: decides against a
+//!    cap it is given and returns what happened), `access` (peer rights,
+//!    pure), `server` (the socket: slots, framing; asks a `Service`).
+//! 7. `hook/`: VPN server adapters (`openvpn`, `ocserv`): environment to
+//!    request (pure), the blocking hook run.
+//! 8. `reconcile/`: the VPN servers' own session lists (parsing and the
+//!    stale-session rule: pure), `fetch` (asking them), `task` (the loop,
+//!    through its narrow `Sessions` view of the gateway).
+//! 9. `cloud/`: `wire` (the contract), `policy` (schedule, status: pure),
+//!    `client` (HTTPS, mTLS), `sync` and `pools` (the loops, through the
+//!    narrow `Gateway` view).
+//! 10. `status`: the daemon's status (pure) and its text form.
+//! 11. `daemon/`: `seatgate run`, the wiring: `state` (everything behind one
+//!     lock), `service` (requests to answers: the one place results meet the
+//!     wire), `gateway` (the views for cloud and reconcile), `persist` (the
+//!     one writer of the state directory), `tasks` (reaper, ticker,
+//!     watchdog, SIGHUP reload; config on a watch channel).
+//! 12. `logging`, `cli`: the command line; `main.rs` only calls it.
 
 pub mod admission;
 pub mod cli;

@@ -305,6 +305,8 @@ pub struct StatusCache(Mutex<Renderings>);
 struct Renderings {
     latest: Option<(u64, Instant, Arc<[u8]>)>,
     alive: Vec<Weak<[u8]>>,
+    /// How long the latest rendering took.
+    cost: Duration,
 }
 
 /// A rendering is fresh for this long (status shows times and the cap,
@@ -313,12 +315,19 @@ const FRESH: Duration = Duration::from_secs(1);
 /// The most bytes of status renderings alive at once before readers get
 /// the newest existing one instead of a new one.
 const BUDGET: usize = 8 << 20;
+/// A rendering that took longer than this (a large table) is not redone
+/// sooner than `SPACING` times its cost: status readers, however many,
+/// never take more than a tenth of the thread that admits.
+const CHEAP: Duration = Duration::from_millis(1);
+const SPACING: u32 = 10;
 
 impl StatusCache {
     fn get(&self, version: u64, now: Instant, render: impl FnOnce() -> Vec<u8>) -> Arc<[u8]> {
         let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((v, at, bytes)) = &r.latest {
-            if *v == version && now.duration_since(*at) < FRESH {
+            let age = now.duration_since(*at);
+            let costly = r.cost > CHEAP && age < r.cost * SPACING;
+            if (*v == version && age < FRESH) || costly {
                 return bytes.clone();
             }
         }
@@ -339,6 +348,7 @@ impl StatusCache {
         line.extend_from_slice(&render());
         line.extend_from_slice(b"}\n");
         let bytes: Arc<[u8]> = line.into();
+        r.cost = now.elapsed();
         r.alive.push(Arc::downgrade(&bytes));
         r.latest = Some((version, now, bytes.clone()));
         bytes

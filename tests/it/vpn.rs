@@ -140,7 +140,7 @@ fn openvpn_reconciliation_frees_cipher_failed_and_missed_disconnect_seats_keeps_
     );
     assert_eq!(holders(&d), names([1]), "the live client keeps its seat");
     // Several more rounds: the connected client is listed, so it stays.
-    std::thread::sleep(Duration::from_millis(3 * interval_ms));
+    d.after_reconciles(3);
     assert_eq!(holders(&d), names([1]));
     let log = server.proc.log_text();
     assert!(
@@ -278,7 +278,7 @@ fn ocserv_cap_2_of_3_users_and_a_disconnect_frees_the_seat() {
             Some(server.proc.pid())
         );
     }
-    std::thread::sleep(Duration::from_millis(1000));
+    d.after_reconciles(2);
     assert_eq!(in_use(&d), 2);
 
     u1.stop(Duration::from_secs(5));
