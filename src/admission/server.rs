@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -21,18 +21,32 @@ use super::access::{Peer, Rights};
 use super::protocol::{ErrorCode, Response, MAX_LINE};
 use crate::sys;
 
-/// An answer's bytes: its own, or one rendering shared by many readers.
-#[derive(Debug, Clone)]
+/// An answer's bytes: its own, one rendering shared by many readers, or
+/// one still being made (off the runtime thread).
+#[derive(Debug)]
 pub enum Bytes {
     Owned(Vec<u8>),
     Shared(Arc<[u8]>),
+    Pending(watch::Receiver<Option<Arc<[u8]>>>),
 }
 
-impl AsRef<[u8]> for Bytes {
-    fn as_ref(&self) -> &[u8] {
+impl Bytes {
+    /// The bytes, once they are made (None: their maker is gone).
+    async fn ready(self) -> Option<Bytes> {
+        match self {
+            Bytes::Pending(mut rx) => {
+                let made = rx.wait_for(Option::is_some).await.ok()?.clone();
+                made.map(Bytes::Shared)
+            }
+            done => Some(done),
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
         match self {
             Bytes::Owned(v) => v,
             Bytes::Shared(a) => a,
+            Bytes::Pending(_) => &[],
         }
     }
 }
@@ -59,7 +73,7 @@ pub trait Service: Send + Sync + 'static {
     /// What a peer may do.
     fn rights(&self, peer: &Peer) -> Rights;
     /// Answers one request line. Never panics on input.
-    fn handle(&self, peer: &Peer, rights: Rights, line: &[u8]) -> Reply;
+    fn handle(self: Arc<Self>, peer: &Peer, rights: Rights, line: &[u8]) -> Reply;
     /// Whether the answer carrying `undo` reached the peer's socket.
     fn delivered(&self, undo: Undo, ok: bool);
 }
@@ -168,7 +182,7 @@ pub async fn serve<S: Service>(
         let span = tracing::debug_span!("conn", uid = peer.uid, pid = peer.pid);
         tracker.spawn(
             async move {
-                connection(stream, peer, rights, &*service, limits.idle, cancel).await;
+                connection(stream, peer, rights, service, limits.idle, cancel).await;
                 drop(slot);
             }
             .instrument(span),
@@ -240,7 +254,7 @@ async fn connection<S: Service>(
     stream: UnixStream,
     peer: Peer,
     rights: Rights,
-    service: &S,
+    service: Arc<S>,
     idle: Duration,
     cancel: CancellationToken,
 ) {
@@ -253,7 +267,7 @@ async fn connection<S: Service>(
             r = tokio::time::timeout(idle, read_line_limited(&mut reader, &mut line)) => r,
         };
         let (reply, keep_going) = match read {
-            Ok(Ok(LineRead::Line)) => (service.handle(&peer, rights, &line), true),
+            Ok(Ok(LineRead::Line)) => (service.clone().handle(&peer, rights, &line), true),
             Ok(Ok(LineRead::Eof)) | Ok(Err(_)) => return,
             Ok(Ok(LineRead::TooLong)) => (
                 framing_error(
@@ -275,9 +289,13 @@ async fn connection<S: Service>(
         };
         // A peer that stops reading must not hold its slot (or shutdown)
         // forever: the answer goes out within the idle timeout or not at all.
+        let write = async {
+            let bytes = reply.bytes.ready().await?;
+            wr.write_all(bytes.as_slice()).await.ok()
+        };
         let written = tokio::select! {
             _ = cancel.cancelled() => false,
-            r = tokio::time::timeout(idle, wr.write_all(reply.bytes.as_ref())) => matches!(r, Ok(Ok(()))),
+            r = tokio::time::timeout(idle, write) => matches!(r, Ok(Some(()))),
         };
         if let Some(undo) = reply.undo {
             service.delivered(undo, written);

@@ -5,6 +5,7 @@
 //! - `state`: the state behind its lock, and what is computed from it;
 //! - `service`: requests to answers (the socket server's `Service`);
 //! - `gateway`: the views the cloud loops and reconciliation get;
+//! - `status_cache`: one status rendering shared by every reader;
 //! - `persist`: the one writer of the state directory;
 //! - `tasks`: reaper, ticker, watchdog, SIGHUP reload.
 
@@ -12,6 +13,7 @@ mod gateway;
 mod persist;
 mod service;
 mod state;
+mod status_cache;
 mod tasks;
 
 use std::future::Future;

@@ -2,13 +2,14 @@
 //! rights, asks the admission core, and turns what happened into the answer
 //! and the log line. The one place where results and errors meet the wire.
 
-use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::Utc;
 
 use super::gateway::log_release_fault;
 use super::state::Shared;
+use super::status_cache::Lookup;
 use crate::admission::access::{Peer, Rights};
 use crate::admission::protocol::{
     self, AdmitRequest, AdmitResponse, DenyReason, ErrorCode, PongResponse, ReleaseResponse,
@@ -25,7 +26,7 @@ impl Service for Shared {
         self.policy.borrow().rights(peer)
     }
 
-    fn handle(&self, peer: &Peer, rights: Rights, line: &[u8]) -> Reply {
+    fn handle(self: Arc<Self>, peer: &Peer, rights: Rights, line: &[u8]) -> Reply {
         let request = match protocol::decode(line) {
             Ok(r) => r,
             Err(resp) => return answer(resp),
@@ -206,16 +207,25 @@ impl Shared {
         }))
     }
 
-    fn status_reply(&self) -> Reply {
+    fn status_reply(self: Arc<Self>) -> Reply {
         let version = self.version();
-        let rendered = self.status_cache.get(version, Instant::now(), || {
-            let status = self.peek().status(Utc::now(), Instant::now());
-            serde_json::to_vec(&status).expect("a status always serialises")
-        });
-        Reply {
-            bytes: Bytes::Shared(rendered),
-            undo: None,
-        }
+        let bytes = match self.status_cache.lookup(version, Instant::now()) {
+            Lookup::Ready(bytes) => Bytes::Shared(bytes),
+            Lookup::Rendering(pending) => Bytes::Pending(pending),
+            Lookup::Render(done) => {
+                let pending = done.subscribe();
+                // Off the runtime thread: a large table takes milliseconds
+                // to render, and admissions must not wait for it.
+                tokio::task::spawn_blocking(move || {
+                    let started = Instant::now();
+                    let status = self.peek().status(Utc::now(), Instant::now());
+                    let json = serde_json::to_vec(&status).expect("a status always serialises");
+                    self.status_cache.finish(version, started, &json, done);
+                });
+                Bytes::Pending(pending)
+            }
+        };
+        Reply { bytes, undo: None }
     }
 }
 
@@ -291,66 +301,5 @@ fn deny_message(reason: DenyReason, cap: u32, in_use: u32) -> String {
         DenyReason::KeyHeld => {
             "this session key is held by another VPN server process that is still running".into()
         }
-    }
-}
-
-/// One status rendering shared by every reader until the state changes,
-/// and a budget on the renderings alive at once: readers that never read
-/// their answers hold them, so past the budget they get the newest one
-/// again instead of a fresh copy each.
-#[derive(Default)]
-pub struct StatusCache(Mutex<Renderings>);
-
-#[derive(Default)]
-struct Renderings {
-    latest: Option<(u64, Instant, Arc<[u8]>)>,
-    alive: Vec<Weak<[u8]>>,
-    /// How long the latest rendering took.
-    cost: Duration,
-}
-
-/// A rendering is fresh for this long (status shows times and the cap,
-/// which move with the clock alone).
-const FRESH: Duration = Duration::from_secs(1);
-/// The most bytes of status renderings alive at once before readers get
-/// the newest existing one instead of a new one.
-const BUDGET: usize = 8 << 20;
-/// A rendering that took longer than this (a large table) is not redone
-/// sooner than `SPACING` times its cost: status readers, however many,
-/// never take more than a tenth of the thread that admits.
-const CHEAP: Duration = Duration::from_millis(1);
-const SPACING: u32 = 10;
-
-impl StatusCache {
-    fn get(&self, version: u64, now: Instant, render: impl FnOnce() -> Vec<u8>) -> Arc<[u8]> {
-        let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((v, at, bytes)) = &r.latest {
-            let age = now.duration_since(*at);
-            let costly = r.cost > CHEAP && age < r.cost * SPACING;
-            if (*v == version && age < FRESH) || costly {
-                return bytes.clone();
-            }
-        }
-        r.alive.retain(|w| w.strong_count() > 0);
-        if let Some((_, _, latest)) = &r.latest {
-            let older: usize = r
-                .alive
-                .iter()
-                .filter_map(Weak::upgrade)
-                .filter(|b| !Arc::ptr_eq(b, latest))
-                .map(|b| b.len())
-                .sum();
-            if older > BUDGET {
-                return latest.clone();
-            }
-        }
-        let mut line = br#"{"ok":true,"status":"#.to_vec();
-        line.extend_from_slice(&render());
-        line.extend_from_slice(b"}\n");
-        let bytes: Arc<[u8]> = line.into();
-        r.cost = now.elapsed();
-        r.alive.push(Arc::downgrade(&bytes));
-        r.latest = Some((version, now, bytes.clone()));
-        bytes
     }
 }

@@ -199,7 +199,7 @@ pub struct Shared {
     pub config: watch::Receiver<Arc<Config>>,
     pub policy: watch::Receiver<Arc<Policy>>,
     pub persist: super::persist::Doorbell,
-    pub status_cache: super::service::StatusCache,
+    pub status_cache: super::status_cache::StatusCache,
 }
 
 impl Shared {

@@ -106,12 +106,7 @@ fn openvpn_reconciliation_frees_cipher_failed_and_missed_disconnect_seats_keeps_
     // The management socket exists once the server runs; the daemon keeps
     // trying until then (a failed round releases nothing).
     let interval_ms = 500;
-    let mut config = std::fs::read_to_string(gw.config_path()).unwrap();
-    config.push_str(&format!(
-        "[[reconcile]]\nkind = \"openvpn\"\nmanagement = \"{}\"\ninterval_ms = {interval_ms}\ntimeout_ms = 400\ngrace_ms = 1000\n",
-        ns.path("mgmt.sock").display()
-    ));
-    std::fs::write(gw.config_path(), config).unwrap();
+    reconcile_openvpn(&gw.config_path(), &ns, interval_ms);
     let server = OpenvpnServer::start(&ns, &seatgate_hook("openvpn"), &gw.socket());
     let d = gw.start();
 

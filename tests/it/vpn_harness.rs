@@ -335,6 +335,17 @@ impl Drop for Netns {
 
 /// The hook command line for a server config: `seatgate hook KIND` with its
 /// absolute path (OpenVPN passes hooks no PATH).
+/// Adds an OpenVPN `[[reconcile]]` entry (the namespace's management
+/// socket, asked every `interval_ms`) to a gateway's config.
+pub fn reconcile_openvpn(config: &Path, ns: &Netns, interval_ms: u64) {
+    let mut text = std::fs::read_to_string(config).unwrap();
+    text.push_str(&format!(
+        "[[reconcile]]\nkind = \"openvpn\"\nmanagement = \"{}\"\ninterval_ms = {interval_ms}\ntimeout_ms = 400\ngrace_ms = 1000\n",
+        ns.path("mgmt.sock").display()
+    ));
+    std::fs::write(config, text).unwrap();
+}
+
 pub fn seatgate_hook(kind: &str) -> String {
     format!("\"{} hook {kind}\"", bin())
 }

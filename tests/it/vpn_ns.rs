@@ -156,12 +156,7 @@ fn openvpn_in_a_pid_namespace_reconciles_and_refuses_unmappable_hooks() {
     let ns = Netns::with_pid_ns(2);
     let gw = Gateway::with_config(0, "");
     let interval_ms = 500;
-    let mut config = std::fs::read_to_string(gw.config_path()).unwrap();
-    config.push_str(&format!(
-        "[[reconcile]]\nkind = \"openvpn\"\nmanagement = \"{}\"\ninterval_ms = {interval_ms}\ntimeout_ms = 400\ngrace_ms = 1000\n",
-        ns.path("mgmt.sock").display()
-    ));
-    std::fs::write(gw.config_path(), config).unwrap();
+    reconcile_openvpn(&gw.config_path(), &ns, interval_ms);
     // No pid set: the server gets a small number inside, a kernel thread
     // (or whatever sits there) on the host.
     let server = OpenvpnServer::start(&ns, &seatgate_hook("openvpn"), &gw.socket());

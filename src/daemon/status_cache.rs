@@ -1,0 +1,149 @@
+//! One status rendering shared by every reader: made off the runtime thread
+//! when the state changed, handed to every reader until it changes again.
+//! Readers that never read their answers hold renderings; past a budget
+//! they get the newest existing one instead of a fresh copy each, and a
+//! large table is not rendered again sooner than ten times its last cost,
+//! so status readers, however many, cannot starve admissions.
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+/// A rendering on its way: the answer line once it is made.
+pub type Pending = watch::Receiver<Option<Arc<[u8]>>>;
+
+#[derive(Default)]
+pub struct StatusCache(Mutex<Renderings>);
+
+#[derive(Default)]
+struct Renderings {
+    /// The newest rendering: the state version it shows and when it began.
+    latest: Option<(u64, Instant, Arc<[u8]>)>,
+    /// The rendering under way, and the version it shows.
+    rendering: Option<(u64, Pending)>,
+    /// Every rendering some reader may still hold.
+    alive: Vec<Weak<[u8]>>,
+    /// How long the latest rendering took.
+    cost: Duration,
+}
+
+/// What a status reader gets.
+pub enum Lookup {
+    Ready(Arc<[u8]>),
+    Rendering(Pending),
+    /// Render it and give the result to `finish` with this sender.
+    Render(watch::Sender<Option<Arc<[u8]>>>),
+}
+
+/// A rendering is fresh for this long (status shows times and the cap,
+/// which move with the clock alone).
+const FRESH: Duration = Duration::from_secs(1);
+/// The most bytes of older renderings alive at once.
+const BUDGET: usize = 8 << 20;
+/// A rendering that took longer than this is not redone sooner than
+/// `SPACING` times its cost.
+const CHEAP: Duration = Duration::from_millis(1);
+const SPACING: u32 = 10;
+
+impl StatusCache {
+    pub fn lookup(&self, version: u64, now: Instant) -> Lookup {
+        let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((v, at, bytes)) = &r.latest {
+            let age = now.duration_since(*at);
+            let spaced = r.cost > CHEAP && age < r.cost * SPACING;
+            if (*v == version && age < FRESH) || spaced {
+                return Lookup::Ready(bytes.clone());
+            }
+        }
+        if let Some((v, pending)) = &r.rendering {
+            if *v == version || r.cost > CHEAP {
+                return Lookup::Rendering(pending.clone());
+            }
+        }
+        r.alive.retain(|w| w.strong_count() > 0);
+        if let Some((_, _, latest)) = &r.latest {
+            let older: usize = r
+                .alive
+                .iter()
+                .filter_map(Weak::upgrade)
+                .filter(|b| !Arc::ptr_eq(b, latest))
+                .map(|b| b.len())
+                .sum();
+            if older > BUDGET {
+                return Lookup::Ready(latest.clone());
+            }
+        }
+        let (done, pending) = watch::channel(None);
+        r.rendering = Some((version, pending));
+        Lookup::Render(done)
+    }
+
+    /// Takes a finished rendering (`json`, the status alone, begun at
+    /// `started` for `version`) and hands its answer line to its readers.
+    pub fn finish(
+        &self,
+        version: u64,
+        started: Instant,
+        json: &[u8],
+        done: watch::Sender<Option<Arc<[u8]>>>,
+    ) {
+        let mut line = br#"{"ok":true,"status":"#.to_vec();
+        line.extend_from_slice(json);
+        line.extend_from_slice(b"}\n");
+        let bytes: Arc<[u8]> = line.into();
+        let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        r.cost = started.elapsed();
+        r.alive.push(Arc::downgrade(&bytes));
+        if r.latest.as_ref().is_none_or(|(v, _, _)| *v <= version) {
+            r.latest = Some((version, started, bytes.clone()));
+        }
+        if r.rendering.as_ref().is_some_and(|(v, _)| *v == version) {
+            r.rendering = None;
+        }
+        drop(r);
+        done.send_replace(Some(bytes));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(cache: &StatusCache, version: u64, at: Instant, json: &[u8]) -> Arc<[u8]> {
+        match cache.lookup(version, at) {
+            Lookup::Render(done) => {
+                let rx = done.subscribe();
+                cache.finish(version, at, json, done);
+                let bytes = rx.borrow().clone().unwrap();
+                bytes
+            }
+            Lookup::Ready(b) => b,
+            Lookup::Rendering(rx) => rx.borrow().clone().expect("finished"),
+        }
+    }
+
+    #[test]
+    fn one_rendering_per_version_shared_by_readers() {
+        let cache = StatusCache::default();
+        let t0 = Instant::now();
+        let a = render(&cache, 1, t0, b"{\"n\":1}");
+        assert_eq!(&*a, b"{\"ok\":true,\"status\":{\"n\":1}}\n");
+        let b = render(&cache, 1, t0, b"other");
+        assert!(
+            Arc::ptr_eq(&a, &b),
+            "the same version is not rendered again"
+        );
+        let c = render(&cache, 2, t0, b"{\"n\":2}");
+        assert!(!Arc::ptr_eq(&a, &c), "a new version is");
+        // Readers arriving while a rendering is under way share it.
+        let Lookup::Render(done) = cache.lookup(3, t0) else {
+            panic!("a render is due")
+        };
+        let Lookup::Rendering(pending) = cache.lookup(3, t0) else {
+            panic!("the one under way is shared")
+        };
+        cache.finish(3, t0, b"3", done);
+        assert!(pending.borrow().is_some());
+    }
+}
