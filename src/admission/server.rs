@@ -89,6 +89,48 @@ pub struct Limits {
     pub per_uid: usize,
     /// A connection idle this long, or not reading its answer, is closed.
     pub idle: Duration,
+    /// Bytes per second of shared answers (status renderings) written to
+    /// all peers together: however many read status, writing it never
+    /// takes the thread that admits.
+    pub shared_bytes_per_sec: u64,
+}
+
+/// A token bucket of bytes for shared answers: a writer waits (asleep,
+/// costing nothing) until its answer's bytes are in the bucket.
+struct Budget {
+    rate: f64,
+    burst: f64,
+    state: Mutex<(f64, tokio::time::Instant)>,
+}
+
+impl Budget {
+    fn new(rate: u64) -> Budget {
+        let rate = rate.max(1) as f64;
+        Budget {
+            rate,
+            burst: rate / 4.0,
+            state: Mutex::new((rate / 4.0, tokio::time::Instant::now())),
+        }
+    }
+
+    async fn take(&self, bytes: usize) {
+        // An answer larger than the burst goes out once the bucket is full.
+        let want = (bytes as f64).min(self.burst);
+        loop {
+            let wait = {
+                let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                let now = tokio::time::Instant::now();
+                s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.rate).min(self.burst);
+                s.1 = now;
+                if s.0 >= want {
+                    s.0 -= want;
+                    return;
+                }
+                Duration::from_secs_f64((want - s.0) / self.rate)
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
 }
 
 /// Slots by class, taken without waiting.
@@ -150,6 +192,7 @@ pub async fn serve<S: Service>(
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let budget = Arc::new(Budget::new(limits.shared_bytes_per_sec));
     let slots = Arc::new(Slots {
         hooks: Arc::new(Semaphore::new(limits.hooks)),
         others: Arc::new(Semaphore::new(limits.others)),
@@ -178,11 +221,17 @@ pub async fn serve<S: Service>(
             refuse_busy(stream);
             continue;
         };
-        let (service, cancel) = (service.clone(), cancel.clone());
+        let (service, cancel, budget) = (service.clone(), cancel.clone(), budget.clone());
         let span = tracing::debug_span!("conn", uid = peer.uid, pid = peer.pid);
         tracker.spawn(
             async move {
-                connection(stream, peer, rights, service, limits.idle, cancel).await;
+                let conn = Conn {
+                    peer,
+                    rights,
+                    idle: limits.idle,
+                    budget,
+                };
+                connection(stream, conn, service, cancel).await;
                 drop(slot);
             }
             .instrument(span),
@@ -250,14 +299,26 @@ pub async fn read_line_limited<R: AsyncBufRead + Unpin>(
     }
 }
 
-async fn connection<S: Service>(
-    stream: UnixStream,
+/// What one connection knows of its peer and shares with the others.
+struct Conn {
     peer: Peer,
     rights: Rights,
-    service: Arc<S>,
     idle: Duration,
+    budget: Arc<Budget>,
+}
+
+async fn connection<S: Service>(
+    stream: UnixStream,
+    conn: Conn,
+    service: Arc<S>,
     cancel: CancellationToken,
 ) {
+    let Conn {
+        peer,
+        rights,
+        idle,
+        budget,
+    } = conn;
     let (rd, mut wr) = stream.into_split();
     let mut reader = BufReader::with_capacity(MAX_LINE, rd);
     let mut line = Vec::with_capacity(256);
@@ -291,6 +352,9 @@ async fn connection<S: Service>(
         // forever: the answer goes out within the idle timeout or not at all.
         let write = async {
             let bytes = reply.bytes.ready().await?;
+            if let Bytes::Shared(shared) = &bytes {
+                budget.take(shared.len()).await;
+            }
             wr.write_all(bytes.as_slice()).await.ok()
         };
         let written = tokio::select! {

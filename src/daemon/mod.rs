@@ -43,6 +43,9 @@ use state::{Shared, State};
 const OTHER_CONNECTIONS: usize = 64;
 /// ...and one uid among them holds at most this many.
 const PER_UID_CONNECTIONS: usize = 8;
+/// Status answers written per second, all readers together (a status of
+/// 10,000 sessions is 2 MB: 16 of them a second; a small one, thousands).
+const STATUS_BYTES_PER_SEC: u64 = 32 << 20;
 
 /// Runs the daemon until `shutdown` resolves. `config_path` is re-read on SIGHUP.
 pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Result<()> {
@@ -114,6 +117,7 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
         others: OTHER_CONNECTIONS,
         per_uid: PER_UID_CONNECTIONS,
         idle: config.admission.idle_timeout,
+        shared_bytes_per_sec: STATUS_BYTES_PER_SEC,
     };
     tracker.spawn(server::serve(
         listener,
