@@ -70,10 +70,18 @@ pub struct Reply {
 
 /// What the server asks of the daemon.
 pub trait Service: Send + Sync + 'static {
+    /// What the service remembers about one connection (its peer's server).
+    type Conn: Default + Send;
     /// What a peer may do.
     fn rights(&self, peer: &Peer) -> Rights;
     /// Answers one request line. Never panics on input.
-    fn handle(self: Arc<Self>, peer: &Peer, rights: Rights, line: &[u8]) -> Reply;
+    fn handle(
+        self: Arc<Self>,
+        conn: &mut Self::Conn,
+        peer: &Peer,
+        rights: Rights,
+        line: &[u8],
+    ) -> Reply;
     /// Whether the answer carrying `undo` reached the peer's socket.
     fn delivered(&self, undo: Undo, ok: bool);
 }
@@ -319,6 +327,7 @@ async fn connection<S: Service>(
         idle,
         budget,
     } = conn;
+    let mut remembered = S::Conn::default();
     let (rd, mut wr) = stream.into_split();
     let mut reader = BufReader::with_capacity(MAX_LINE, rd);
     let mut line = Vec::with_capacity(256);
@@ -328,7 +337,12 @@ async fn connection<S: Service>(
             r = tokio::time::timeout(idle, read_line_limited(&mut reader, &mut line)) => r,
         };
         let (reply, keep_going) = match read {
-            Ok(Ok(LineRead::Line)) => (service.clone().handle(&peer, rights, &line), true),
+            Ok(Ok(LineRead::Line)) => {
+                let reply = service
+                    .clone()
+                    .handle(&mut remembered, &peer, rights, &line);
+                (reply, true)
+            }
             Ok(Ok(LineRead::Eof)) | Ok(Err(_)) => return,
             Ok(Ok(LineRead::TooLong)) => (
                 framing_error(

@@ -21,12 +21,21 @@ use crate::admission::table::{Decision, ServerId};
 use crate::sys::process::{self, Relation};
 use crate::text::shown;
 
+/// What one connection's requests share: the server its peer belongs to,
+/// found once (a hook's connection comes from one process).
+#[derive(Default)]
+pub struct Conn {
+    server: Option<((ServerKind, u32), ServerId)>,
+}
+
 impl Service for Shared {
+    type Conn = Conn;
+
     fn rights(&self, peer: &Peer) -> Rights {
         self.policy.borrow().rights(peer)
     }
 
-    fn handle(self: Arc<Self>, peer: &Peer, rights: Rights, line: &[u8]) -> Reply {
+    fn handle(self: Arc<Self>, conn: &mut Conn, peer: &Peer, rights: Rights, line: &[u8]) -> Reply {
         let request = match protocol::decode(line) {
             Ok(r) => r,
             Err(resp) => return answer(resp),
@@ -50,7 +59,7 @@ impl Service for Shared {
             Request::Evict { .. } | Request::ForgetLost if !rights.operate => {
                 forbidden("evict sessions")
             }
-            Request::Admit(req) => self.admit(peer, &req),
+            Request::Admit(req) => self.admit(conn, peer, &req),
             Request::Release { key } => {
                 let asker = if rights.operate {
                     Some(Asker::Operator)
@@ -136,10 +145,18 @@ fn alive(server: &ServerId) -> bool {
 }
 
 impl Shared {
-    fn admit(&self, peer: &Peer, req: &AdmitRequest) -> Reply {
+    fn admit(&self, conn: &mut Conn, peer: &Peer, req: &AdmitRequest) -> Reply {
         let now = Utc::now();
-        // /proc is read outside the lock.
-        let server = locate(peer, req.server.kind, req.server.pid);
+        // /proc is read outside the lock, once per connection and server.
+        let claim = (req.server.kind, req.server.pid);
+        let server = match conn.server {
+            Some((c, id)) if c == claim => Some(id),
+            _ => {
+                let found = locate(peer, claim.0, claim.1);
+                conn.server = found.map(|id| (claim, id));
+                found
+            }
+        };
         let mut state = self.lock();
         let cap = state.cap(now, Instant::now());
         let (admission, fault) = match server {
