@@ -503,6 +503,7 @@ fn a_peer_that_never_reads_loses_its_connection_not_the_daemon() {
 /// own ancestor; operators still evict anything.
 #[test]
 fn only_the_server_that_holds_a_session_may_release_or_readmit_it() {
+    require_root("runs its VPN servers as nobody (uid 65534)");
     const NOBODY: u32 = 65534;
     let gw = Gateway::with_config(0, "socket_mode = \"0666\"\nvpn_users = [\"nobody\"]");
     std::fs::set_permissions(

@@ -300,6 +300,7 @@ fn fake_management(stream: UnixStream, status3: &str) {
 /// connection slot; admissions failed for as long as they were held.
 #[test]
 fn idle_connections_of_a_stranger_never_hold_up_an_admission() {
+    require_root("runs its stranger as nobody (uid 65534)");
     let gw = Gateway::with_config(100, "socket_mode = \"0666\"\nvpn_users = []");
     open_to_all(&gw);
     let d = gw.start();
@@ -389,6 +390,7 @@ impl Drop for Tmpfs {
 /// not journaled, and after a SIGKILL could not start at all.
 #[test]
 fn a_full_runtime_directory_fails_admissions_closed_and_recovers_by_itself() {
+    require_root("mounts a small tmpfs");
     let gw = Gateway::new(200);
     let fs = Tmpfs::mount(&gw.path("run"), "256k");
     let d = gw.start();
@@ -469,6 +471,7 @@ fn a_full_runtime_directory_fails_admissions_closed_and_recovers_by_itself() {
 /// user read session keys, user names, remote addresses and pids.
 #[test]
 fn runtime_and_state_files_are_the_daemons_alone() {
+    require_root("reads the files as nobody (uid 65534)");
     let gw = Gateway::new(3);
     open_to_all(&gw);
     // A journal left readable by an older version is narrowed at start

@@ -580,6 +580,14 @@ pub fn listening(path: &Path) -> bool {
     })
 }
 
+/// Fails a test that needs root with the way to run it (never skips it).
+pub fn require_root(why: &str) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test {why}, which needs root; run `sudo scripts/test`"
+    );
+}
+
 pub fn admitted(resp: &Response) -> bool {
     matches!(resp, Response::Admit(a) if a.admitted)
 }
