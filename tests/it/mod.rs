@@ -11,6 +11,7 @@ mod systemd;
 mod vpn;
 mod vpn_harness;
 mod vpn_ns;
+mod vpn_plugin;
 
 /// The development cloud's pool allocator, compiled here so its unit and
 /// property tests run with the suite (see the [[example]] note in Cargo.toml).
