@@ -96,9 +96,10 @@ pub unsafe extern "C" fn openvpn_plugin_open_v3(
         };
         let s = handle.settings();
         log(format_args!(
-            "loaded: socket={} timeout_ms={} on_error={}",
+            "loaded: socket={} timeout_ms={} wait_ms={} on_error={}",
             s.socket.display(),
             s.timeout.as_millis(),
+            s.wait.as_millis(),
             match s.on_error {
                 seatgate::hook::OnError::Reject => "reject",
                 seatgate::hook::OnError::Admit => "admit",

@@ -14,7 +14,15 @@ pub struct Settings {
     /// How long a client-connect waits for the daemon's answer.
     pub timeout: Duration,
     pub on_error: OnError,
+    /// How long OpenVPN's thread may wait for a quick answer before it
+    /// defers the verdict (0: always defer). See docs/openvpn.md.
+    pub wait: Duration,
 }
+
+/// OpenVPN 2.6 (without async-push, as Debian builds it) looks at a
+/// deferred verdict only at the client's next timer tick, about a second
+/// later; an answer within this wait skips that second.
+pub const DEFAULT_WAIT_MS: u64 = 20;
 
 /// Parses the arguments after the library path. Unlike the script hook,
 /// a bad value is an error: OpenVPN then refuses to start and says why,
@@ -24,6 +32,7 @@ pub fn parse(args: &[String]) -> Result<Settings, String> {
         socket: DEFAULT_SOCKET.into(),
         timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
         on_error: OnError::Reject,
+        wait: Duration::from_millis(DEFAULT_WAIT_MS),
     };
     for arg in args {
         let (k, v) = arg.split_once('=').ok_or_else(|| {
@@ -35,6 +44,10 @@ pub fn parse(args: &[String]) -> Result<Settings, String> {
                 Ok(ms) if (1..=60_000).contains(&ms) => s.timeout = Duration::from_millis(ms),
                 _ => return Err(format!("timeout_ms={v:?} is not a number of milliseconds from 1 to 60000")),
             },
+            "wait_ms" => match v.parse::<u64>() {
+                Ok(ms) if ms <= 100 => s.wait = Duration::from_millis(ms),
+                _ => return Err(format!("wait_ms={v:?} is not a number of milliseconds from 0 to 100")),
+            },
             "on_error" => {
                 s.on_error = match v {
                     "reject" => OnError::Reject,
@@ -42,7 +55,7 @@ pub fn parse(args: &[String]) -> Result<Settings, String> {
                     _ => return Err(format!("on_error={v:?} is not reject or admit")),
                 }
             }
-            _ => return Err(format!("unknown or empty argument {arg:?}; known: socket=PATH, timeout_ms=N, on_error=reject|admit")),
+            _ => return Err(format!("unknown or empty argument {arg:?}; known: socket=PATH, timeout_ms=N, wait_ms=N, on_error=reject|admit")),
         }
     }
     Ok(s)
@@ -80,6 +93,7 @@ mod tests {
             ("timeout_ms=0", "from 1 to 60000"),
             ("timeout_ms=soon", "from 1 to 60000"),
             ("on_error=maybe", "reject or admit"),
+            ("wait_ms=500", "from 0 to 100"),
             ("sock=/x", "unknown"),
             ("socket=", "unknown or empty"),
             ("verbose", "NAME=VALUE"),

@@ -236,7 +236,7 @@ fn deferred_verdicts_follow_the_cap_and_disconnects_release_in_the_background() 
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("s.sock");
     let d = FakeDaemon::start(&sock, 2, Duration::ZERO);
-    let p = Loaded::open(&[&format!("socket={}", sock.display())]).unwrap();
+    let p = Loaded::open(&[&format!("socket={}", sock.display()), "wait_ms=0"]).unwrap();
     let files: Vec<PathBuf> = (1..=3).map(|n| deferred_file(dir.path(), n)).collect();
     for (n, f) in (1..=3).zip(&files) {
         assert_eq!(
@@ -291,6 +291,17 @@ fn no_daemon_refuses_at_once_and_a_late_answer_is_given_back() {
     // No daemon: refused at once, not at the deadline.
     let p = Loaded::open(&[&format!("socket={}", sock.display()), "timeout_ms=2000"]).unwrap();
     let f = deferred_file(dir.path(), 1);
+    let t = Instant::now();
+    assert_eq!(p.call(CLIENT_CONNECT, &client_env(1, Some(&f))), FUNC_ERROR);
+    assert!(t.elapsed() < Duration::from_millis(25), "{:?}", t.elapsed());
+    drop(p);
+    // The same when the verdict is deferred (wait_ms=0): written at once.
+    let p = Loaded::open(&[
+        &format!("socket={}", sock.display()),
+        "timeout_ms=2000",
+        "wait_ms=0",
+    ])
+    .unwrap();
     let t = Instant::now();
     assert_eq!(
         p.call(CLIENT_CONNECT, &client_env(1, Some(&f))),
@@ -352,7 +363,9 @@ fn a_hung_daemon_resolves_many_concurrent_clients_within_one_deadline() {
         );
     }
     let calls = t.elapsed();
-    assert!(calls < Duration::from_millis(20), "20 calls took {calls:?}");
+    // The first call waits wait_ms (20) for a quick answer; the others
+    // defer at once: the daemon has not answered since.
+    assert!(calls < Duration::from_millis(60), "20 calls took {calls:?}");
     for f in &files {
         assert_eq!(verdict(f, Duration::from_secs(2)), Some('0'));
     }
@@ -361,6 +374,32 @@ fn a_hung_daemon_resolves_many_concurrent_clients_within_one_deadline() {
         all < Duration::from_millis(400),
         "all resolved after {all:?}"
     );
+}
+
+#[test]
+fn a_quick_answer_is_returned_directly_and_no_file_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("s.sock");
+    let d = FakeDaemon::start(&sock, 1, Duration::ZERO);
+    let p = Loaded::open(&[&format!("socket={}", sock.display())]).unwrap();
+    let (f1, f2) = (deferred_file(dir.path(), 1), deferred_file(dir.path(), 2));
+    assert_eq!(
+        p.call(CLIENT_CONNECT, &client_env(1, Some(&f1))),
+        FUNC_SUCCESS
+    );
+    assert_eq!(
+        p.call(CLIENT_CONNECT, &client_env(2, Some(&f2))),
+        FUNC_ERROR
+    );
+    assert_eq!(d.held(), 1);
+    std::thread::sleep(Duration::from_millis(50));
+    for f in [&f1, &f2] {
+        assert_eq!(
+            std::fs::read_to_string(f).unwrap(),
+            "",
+            "the verdict went back directly"
+        );
+    }
 }
 
 /// The resident set of this process, in KiB.
@@ -378,9 +417,9 @@ fn memory_stays_flat_over_thousands_of_connects() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("s.sock");
     let d = FakeDaemon::start(&sock, 10, Duration::ZERO);
-    let p = Loaded::open(&[&format!("socket={}", sock.display())]).unwrap();
+    let p = Loaded::open(&[&format!("socket={}", sock.display()), "wait_ms=0"]).unwrap();
     let f = dir.path().join("ccr");
-    let mut cycle = |n: usize| {
+    let cycle = |n: usize| {
         std::fs::write(&f, "").unwrap();
         assert_eq!(
             p.call(CLIENT_CONNECT, &client_env(n, Some(&f))),

@@ -13,7 +13,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -48,6 +50,7 @@ const MAX_ANSWER: u64 = 64 << 10;
 /// A client-connect waiting for its verdict.
 #[derive(Debug)]
 pub struct Connect {
+    pub id: u64,
     pub req: AdmitRequest,
     /// OpenVPN's `client_connect_deferred_file`: '1' admits, '0' refuses.
     pub file: PathBuf,
@@ -84,17 +87,61 @@ impl Job {
     }
 }
 
+/// The quick path: OpenVPN's thread waits up to `wait_ms` for the verdict
+/// of the connect it just handed over; the worker hands it over here
+/// instead of writing the file while that thread still waits. One mutex
+/// decides which of the two happens, so a verdict is never lost.
+#[derive(Default)]
+struct Shared {
+    slot: Mutex<Slot>,
+    cv: Condvar,
+    /// A wait ran out and the daemon has not answered anything since:
+    /// later connects defer at once (a hung daemon costs one wait, not one
+    /// per client).
+    missed: AtomicBool,
+}
+
+#[derive(Default)]
+struct Slot {
+    id: u64,
+    waiting: bool,
+    verdict: Option<bool>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands `admit` to the waiting OpenVPN thread, or writes the file.
+    fn deliver(&self, c: &Connect, admit: bool) -> std::io::Result<()> {
+        {
+            let mut s = self.lock();
+            if s.waiting && s.id == c.id && s.verdict.is_none() {
+                s.verdict = Some(admit);
+                self.cv.notify_all();
+                return Ok(());
+            }
+        }
+        write_verdict(c, admit)
+    }
+}
+
 /// What OpenVPN's thread holds: the way to the worker.
 pub struct Handle {
     tx: Sender<Event>,
     thread: Option<JoinHandle<()>>,
     settings: Settings,
+    shared: Arc<Shared>,
+    next_id: AtomicU64,
 }
 
 impl Handle {
     pub fn start(settings: Settings) -> std::io::Result<Handle> {
         let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared::default());
         let worker = Worker {
+            shared: shared.clone(),
             settings: settings.clone(),
             rx,
             tx: tx.clone(),
@@ -113,6 +160,8 @@ impl Handle {
             tx,
             thread: Some(thread),
             settings,
+            shared,
+            next_id: AtomicU64::new(0),
         })
     }
 
@@ -146,15 +195,44 @@ impl Handle {
             return FUNC_ERROR;
         };
         let started = Instant::now();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let wait = self.settings.wait;
+        let quick = !wait.is_zero() && !self.shared.missed.load(Ordering::Relaxed);
+        if quick {
+            *self.shared.lock() = Slot {
+                id,
+                waiting: true,
+                verdict: None,
+            };
+        }
         let c = Connect {
+            id,
             req,
             file: file.into(),
             started,
             deadline: started + self.settings.timeout,
         };
         match self.tx.send(Event::Connect(c)) {
+            Ok(()) if quick => {
+                let s = self.shared.lock();
+                let (mut s, _) = self
+                    .shared
+                    .cv
+                    .wait_timeout_while(s, wait, |s| s.verdict.is_none())
+                    .unwrap_or_else(|p| p.into_inner());
+                s.waiting = false;
+                match s.verdict.take() {
+                    Some(true) => FUNC_SUCCESS,
+                    Some(false) => FUNC_ERROR,
+                    None => {
+                        self.shared.missed.store(true, Ordering::Relaxed);
+                        FUNC_DEFERRED
+                    }
+                }
+            }
             Ok(()) => FUNC_DEFERRED,
             Err(mpsc::SendError(Event::Connect(c))) => {
+                self.shared.lock().waiting = false;
                 let admit = self.settings.on_error == OnError::Admit;
                 log_fallback(&c, admit, "the plugin's thread is gone");
                 if admit {
@@ -214,6 +292,7 @@ struct Conn {
 }
 
 struct Worker {
+    shared: Arc<Shared>,
     settings: Settings,
     rx: Receiver<Event>,
     tx: Sender<Event>,
@@ -290,6 +369,7 @@ impl Worker {
             }
             Event::Answer { gen, line } if gen == self.gen && self.conn.is_some() => {
                 self.active_at = Instant::now();
+                self.shared.missed.store(false, Ordering::Relaxed);
                 self.answer(&line);
             }
             Event::Closed { gen } if gen == self.gen && self.conn.is_some() => {
@@ -306,7 +386,7 @@ impl Worker {
     fn give_verdict_now(&mut self, c: Connect, why: &str) {
         let admit = self.settings.on_error == OnError::Admit;
         log_fallback(&c, admit, why);
-        if let Err(e) = write_verdict(&c, admit) {
+        if let Err(e) = self.shared.deliver(&c, admit) {
             log(format_args!(
                 "cannot write the verdict for {} to {}: {e}",
                 c.req.user,
@@ -331,16 +411,17 @@ impl Worker {
         for job in self.inflight.iter_mut() {
             if let Job::Connect { c, written } = job {
                 if written.is_none() && c.deadline <= now {
-                    resolve(c, admit, &why);
+                    resolve(&self.shared, c, admit, &why);
                     *written = Some(admit);
                 }
             }
         }
+        let shared = &self.shared;
         self.unsent.retain_mut(|job| match job {
             Job::Connect { c, written } => {
                 if written.is_none() && c.deadline <= now {
                     // Never sent: nothing to undo at the daemon.
-                    resolve(c, admit, &why);
+                    resolve(shared, c, admit, &why);
                     return false;
                 }
                 // A refused client's admit resent after a reconnect is now
@@ -508,7 +589,7 @@ impl Worker {
         match (written, answer) {
             (None, Ok(Response::Admit(r))) if r.admitted => {
                 let us = c.started.elapsed().as_micros();
-                match write_verdict(&c, true) {
+                match self.shared.deliver(&c, true) {
                     Ok(()) => log(format_args!(
                         "admitted {user} ({} of {} seats in use, {us} us)",
                         r.in_use, r.cap
@@ -529,7 +610,7 @@ impl Worker {
                     "REJECTED {user}: {why} ({} of {} seats in use)",
                     r.in_use, r.cap
                 ));
-                if let Err(e) = write_verdict(&c, false) {
+                if let Err(e) = self.shared.deliver(&c, false) {
                     log(format_args!(
                         "cannot write the verdict for {user} to {}: {e}",
                         c.file.display()
@@ -545,7 +626,7 @@ impl Worker {
                     Err(e) => e,
                 };
                 let admit = self.settings.on_error == OnError::Admit;
-                resolve(&c, admit, &why);
+                resolve(&self.shared, &c, admit, &why);
             }
             (Some(false), Ok(Response::Admit(r))) if r.admitted => {
                 log(format_args!(
@@ -614,9 +695,9 @@ impl Worker {
     }
 }
 
-fn resolve(c: &Connect, admit: bool, why: &str) {
+fn resolve(shared: &Shared, c: &Connect, admit: bool, why: &str) {
     log_fallback(c, admit, why);
-    if let Err(e) = write_verdict(c, admit) {
+    if let Err(e) = shared.deliver(c, admit) {
         log(format_args!(
             "cannot write the verdict for {} to {}: {e}",
             c.req.user,
