@@ -114,8 +114,7 @@ fn openvpn_plugin_cap_5_of_10_refill_rejected_disconnects_free_nothing_killed_se
 }
 
 #[test]
-fn openvpn_plugin_hung_or_stopped_daemon_refuses_within_the_deadline_and_the_server_keeps_serving()
-{
+fn openvpn_plugin_hung_or_stopped_daemon_refuses_and_the_server_keeps_serving() {
     let ns = Netns::new(24);
     let gw = Gateway::new(30);
     let d = gw.start();
