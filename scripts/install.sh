@@ -9,6 +9,11 @@ BIN=${1:-target/release/seatgate}
 DEST=${2:-}
 [ -x "$BIN" ] || { echo "no binary at $BIN; build it: cargo build --release (or cross, see README)" >&2; exit 1; }
 install -D -m 0755 "$BIN" "$DEST/usr/bin/seatgate"
+# The OpenVPN plugin, when built (cargo build --profile plugin -p seatgate-openvpn).
+SO=${PLUGIN_SO:-$(dirname "$BIN")/../plugin/libseatgate_openvpn.so}
+if [ -f "$SO" ]; then
+  install -D -m 0644 "$SO" "$DEST/usr/lib/seatgate/seatgate-openvpn.so"
+fi
 install -D -m 0644 systemd/seatgate.service "$DEST/usr/lib/systemd/system/seatgate.service"
 install -D -m 0644 systemd/seatgate.socket "$DEST/usr/lib/systemd/system/seatgate.socket"
 install -D -m 0644 systemd/seatgate.sysusers "$DEST/usr/lib/sysusers.d/seatgate.conf"

@@ -40,11 +40,12 @@ pub enum ClientError {
 /// No call waits longer than this, whatever it is asked.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Connects within `timeout`. A plain connect() blocks for as long as the
+/// Connects within `timeout` (also for the OpenVPN plugin's persistent
+/// connection). A plain connect() blocks for as long as the
 /// listen queue is full (a stalled daemon, or one restarting behind
 /// systemd's socket), and a hook must never hang its VPN server: Linux
 /// bounds a Unix-socket connect by the socket's send timeout.
-fn connect(path: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
+pub fn connect(path: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
     use nix::sys::socket::{
         self, sockopt::SendTimeout, AddressFamily, SockFlag, SockType, UnixAddr,
     };

@@ -12,3 +12,4 @@ mod timing;
 mod vpn;
 mod vpn_harness;
 mod vpn_ns;
+mod vpn_plugin;

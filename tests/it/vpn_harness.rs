@@ -352,6 +352,48 @@ pub fn seatgate_hook(kind: &str) -> String {
 
 pub const OPENVPN_PORT: &str = "1194";
 
+/// The OpenVPN plugin (`libseatgate_openvpn.so`), built once per test run
+/// with `cargo build -p seatgate-openvpn` into this test binary's target
+/// directory (the dev profile: it unwinds on panic, as the plugin must).
+pub fn plugin_so() -> &'static Path {
+    static SO: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    SO.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        // <target>/debug/deps/it-HASH
+        let target = exe.ancestors().nth(3).unwrap().to_path_buf();
+        let out = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--locked",
+                "--quiet",
+                "-p",
+                "seatgate-openvpn",
+                "--target-dir",
+            ])
+            .arg(&target)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("cannot run cargo");
+        assert!(
+            out.status.success(),
+            "cargo build -p seatgate-openvpn failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let so = target.join("debug/libseatgate_openvpn.so");
+        assert!(so.is_file(), "no plugin at {}", so.display());
+        so
+    })
+}
+
+/// The `plugin` line for the seatgate plugin talking to `socket`.
+pub fn seatgate_plugin(socket: &Path, extra: &str) -> String {
+    format!(
+        "{} socket={} {extra}",
+        plugin_so().display(),
+        socket.display()
+    )
+}
+
 /// An OpenVPN 2.6 server over TCP (disconnects are seen at once).
 pub struct OpenvpnServer {
     pub proc: Proc,
@@ -362,8 +404,27 @@ impl OpenvpnServer {
     /// `hook`: the client-connect/-disconnect command; `socket`: the
     /// seatgate socket given to it with `setenv SEATGATE_SOCKET`.
     pub fn start(ns: &Netns, hook: &str, socket: &Path) -> OpenvpnServer {
+        let conf = Self::config(ns, hook, socket);
+        Self::run(ns, conf)
+    }
+
+    /// The same server with `plugin LINE` (the seatgate plugin) in place
+    /// of the client-connect/-disconnect scripts.
+    pub fn start_plugin(ns: &Netns, plugin: &str) -> OpenvpnServer {
+        let conf = Self::config(ns, "/bin/false", Path::new("/nonexistent"));
+        let text: String = std::fs::read_to_string(&conf)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("client-connect ") && !l.starts_with("client-disconnect "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&conf, format!("{text}plugin {plugin}\n")).unwrap();
+        Self::run(ns, conf)
+    }
+
+    fn config(ns: &Netns, hook: &str, socket: &Path) -> PathBuf {
         let dir = ns.dir.path().to_string_lossy().into_owned();
-        let conf = ns.render(
+        ns.render(
             "openvpn-server.conf.tmpl",
             "server.conf",
             &[
@@ -373,7 +434,10 @@ impl OpenvpnServer {
                 ("@HOOK@", hook),
                 ("@SOCK@", &socket.to_string_lossy()),
             ],
-        );
+        )
+    }
+
+    fn run(ns: &Netns, conf: PathBuf) -> OpenvpnServer {
         let mut cmd = ns.server_command("openvpn");
         cmd.arg("--config").arg(conf);
         let proc = ns.spawn_server("server", cmd);
