@@ -231,7 +231,7 @@ mod tests {
             String::new(),
             "garbage".into(),
             "a.b".into(),
-            format!("{payload}"),
+            payload.to_string(),
             not_json,
             format!("{good}{}", "x".repeat(MAX_STAMP_CHARS)),
         ];
