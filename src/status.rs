@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::admission::protocol::ServerKind;
 use crate::admission::table::Table;
-use crate::cloud::policy::{human, CloudStatus, Severity, SyncRecord};
+use crate::cloud::policy::{human, CloudStatus, Severity, StampSeen, SyncRecord};
 use crate::license::cap::describe_timeline;
 use crate::license::in_force::Licenses;
 use crate::license::report::BundleInfo;
@@ -162,6 +162,15 @@ fn render_cloud(c: &CloudStatus, now: DateTime<Utc>) -> String {
     }
     if let Some(t) = c.sync.last_report {
         out.push_str(&format!("  usage reported: {}\n", when(t, now)));
+    }
+    match &c.sync.stamp {
+        Some(StampSeen::Refused { reason }) => {
+            out.push_str(&format!("  signed time REFUSED (ignored): {reason}\n"));
+        }
+        Some(StampSeen::Missing) => {
+            out.push_str("  signed time: none (the cloud does not stamp its answers)\n");
+        }
+        _ => {}
     }
     if let Some(a) = &c.alarm {
         let tag = match a.severity {
@@ -449,5 +458,18 @@ mod tests {
             "** WARNING: no sync since 2026-06-01 00:00:00 UTC; licensed seats hold until the bundle runs out at 2026-06-08 00:00:00 UTC (in 6d 23h) **",
         ];
         assert_eq!(text.lines().collect::<Vec<_>>(), want, "{text}");
+        let mut c = c;
+        c.sync.stamp = Some(StampSeen::Refused {
+            reason: "time stamp signature does not verify against any trusted key".into(),
+        });
+        let text = render_cloud(&c, now);
+        assert!(
+            text.contains(
+                "\n  signed time REFUSED (ignored): time stamp signature does not verify"
+            ),
+            "{text}"
+        );
+        c.sync.stamp = Some(StampSeen::Verified { at: now });
+        assert!(!render_cloud(&c, now).contains("signed time"));
     }
 }

@@ -7,7 +7,8 @@
 //! seatgate's own `license::bundle::sign`, serves HTTPS with certificates it
 //! makes itself (a CA, a server certificate for 127.0.0.1/localhost, device
 //! client certificates), requires a client certificate and maps its CN to
-//! the device serial.
+//! the device serial. Every bundle answer (200 and 304) carries a signed
+//! time stamp for the request's nonce (`Seatgate-Time`).
 //!
 //!   cargo run -p devcloud -- --dir /tmp/dc init
 //!   cargo run -p devcloud -- --dir /tmp/dc device add ESG-A1 --org ORG-1
@@ -40,12 +41,13 @@ use rcgen::{
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
-use seatgate::cloud::wire::{PoolReport, UsageReport};
+use seatgate::cloud::wire::{PoolReport, UsageReport, NONCE_HEADER, STAMP_HEADER};
 use seatgate::license::bundle::{
     encode_public_key, encode_secret_key, parse_secret_key, sign, Bundle, Signed, FORMAT,
 };
 use seatgate::license::lease::{sign_lease, Lease, LEASE_FORMAT};
 use seatgate::license::model::{MAX_POOL_MEMBERS, MIN_SHARED_SEATS};
+use seatgate::license::stamp::{sign_stamp, Stamp, STAMP_FORMAT};
 use seatgate::license::{Binding, License, Pool};
 use seatgate::store::write_atomic;
 
@@ -154,6 +156,18 @@ enum Fault {
     Foreign,
     /// A validly signed bundle with an older generation (a replay).
     Older,
+    /// Bundle answers without the signed time stamp (an older cloud).
+    #[value(name = "no-stamp")]
+    #[serde(rename = "no-stamp")]
+    NoStamp,
+    /// Bundle answers whose time stamp is signed by another key.
+    #[value(name = "bad-stamp")]
+    #[serde(rename = "bad-stamp")]
+    BadStamp,
+    /// Bundle answers whose time stamp answers another nonce (a replay).
+    #[value(name = "replayed-stamp")]
+    #[serde(rename = "replayed-stamp")]
+    ReplayedStamp,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -729,7 +743,7 @@ fn faulty(bundle: Bundle, fault: Fault, key: &SigningKey) -> Signed {
         b
     };
     match fault {
-        Fault::None => sign(&bundle, key),
+        Fault::None | Fault::NoStamp | Fault::BadStamp | Fault::ReplayedStamp => sign(&bundle, key),
         Fault::Tamper => {
             let good = sign(&bundle, key);
             let altered = sign(&extra(bundle), key);
@@ -753,6 +767,27 @@ fn faulty(bundle: Bundle, fault: Fault, key: &SigningKey) -> Signed {
             }),
             key,
         ),
+    }
+}
+
+/// The signed time stamp header for a bundle answer to `nonce`
+/// (docs/cloud-api.md), or none: no nonce sent, or the `no-stamp` fault.
+fn time_stamp(serial: &str, nonce: Option<&str>, fault: Fault, key: &SigningKey) -> Option<String> {
+    let nonce = nonce?;
+    let stamp = |nonce: &str| Stamp {
+        format: STAMP_FORMAT,
+        device: serial.to_string(),
+        nonce: nonce.to_string(),
+        at: Utc::now(),
+    };
+    match fault {
+        Fault::NoStamp => None,
+        Fault::BadStamp => Some(sign_stamp(
+            &stamp(nonce),
+            &SigningKey::from_bytes(&[0x5a; 32]),
+        )),
+        Fault::ReplayedStamp => Some(sign_stamp(&stamp("AAAAAAAAAAAAAAAAAAAAAA=="), key)),
+        _ => Some(sign_stamp(&stamp(nonce), key)),
     }
 }
 
@@ -928,16 +963,29 @@ async fn route(
                 .headers()
                 .get("if-none-match")
                 .and_then(|v| v.to_str().ok());
+            let key = parse_secret_key(&std::fs::read_to_string(dir.join("signing.key"))?)?;
+            // 200 and 304 alike carry the signed time for the request's nonce.
+            let nonce = req
+                .headers()
+                .get(NONCE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .filter(|n| n.len() <= 64);
+            let stamp = time_stamp(serial, nonce, dev.fault, &key);
             if wanted == Some(etag.as_str()) {
                 let mut r = reply(StatusCode::NOT_MODIFIED, Bytes::new());
                 r.headers_mut().remove("content-type");
                 r.headers_mut().insert("etag", etag.parse()?);
+                if let Some(s) = stamp {
+                    r.headers_mut().insert(STAMP_HEADER, s.parse()?);
+                }
                 return Ok(r);
             }
-            let key = parse_secret_key(&std::fs::read_to_string(dir.join("signing.key"))?)?;
             let signed = faulty(bundle, dev.fault, &key);
             let mut r = reply(StatusCode::OK, signed.to_json());
             r.headers_mut().insert("etag", etag.parse()?);
+            if let Some(s) = stamp {
+                r.headers_mut().insert(STAMP_HEADER, s.parse()?);
+            }
             r.headers_mut()
                 .insert("cache-control", "private, no-cache".parse()?);
             Ok(r)

@@ -126,6 +126,13 @@ pub enum Fetched {
     Bundle { text: String, etag: Option<String> },
 }
 
+/// A bundle answer and its time stamp header (not yet verified), if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleAnswer {
+    pub fetched: Fetched,
+    pub stamp: Option<String>,
+}
+
 pub struct CloudClient {
     http: reqwest::Client,
     bundle_url: Url,
@@ -184,19 +191,30 @@ impl CloudClient {
         })
     }
 
-    /// GET this device's bundle; `etag` is the one of the bundle we hold.
-    pub async fn fetch_bundle(&self, etag: Option<&str>) -> Result<Fetched, CloudError> {
+    /// GET this device's bundle; `etag` is the one of the bundle we hold,
+    /// `nonce` the fresh one the cloud's time stamp must answer.
+    pub async fn fetch_bundle(
+        &self,
+        etag: Option<&str>,
+        nonce: &str,
+    ) -> Result<BundleAnswer, CloudError> {
         let mut req = self
             .http
             .get(self.bundle_url.clone())
-            .header(ACCEPT, "application/json");
+            .header(ACCEPT, "application/json")
+            .header(wire::NONCE_HEADER, nonce);
         if let Some(tag) = etag {
             req = req.header(IF_NONE_MATCH, tag);
         }
         let resp = req.send().await.map_err(classify)?;
         let status = resp.status().as_u16();
+        let stamp = resp
+            .headers()
+            .get(wire::STAMP_HEADER)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let answer = |fetched| BundleAnswer { fetched, stamp };
         match wire::answer(status) {
-            Answer::NotModified => Ok(Fetched::NotModified),
+            Answer::NotModified => Ok(answer(Fetched::NotModified)),
             Answer::Bundle => {
                 let etag = resp
                     .headers()
@@ -207,7 +225,7 @@ impl CloudClient {
                 let body = read_body(resp).await?;
                 let text = String::from_utf8(body)
                     .map_err(|_| CloudError::Unexpected("the bundle is not UTF-8 text".into()))?;
-                Ok(Fetched::Bundle { text, etag })
+                Ok(answer(Fetched::Bundle { text, etag }))
             }
             _ => Err(refusal(status, resp).await),
         }

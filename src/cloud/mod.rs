@@ -44,6 +44,10 @@ pub struct Taken {
 pub trait Gateway: Send + Sync + 'static {
     /// Offers a signed bundle; the licensing rules decide.
     fn offer_bundle(&self, text: &str) -> Result<Offered, BundleError>;
+    /// A verified time stamp from a bundle answer: the cloud's signed time
+    /// `at`, fresh for the request sent at `sent` (corrects the license
+    /// clock like a new lease's `issued_at`).
+    fn stamp(&self, at: DateTime<Utc>, sent: Instant);
     /// When the bundle in force runs out.
     fn bundle_not_after(&self) -> Option<DateTime<Utc>>;
     /// Counters for the portal.

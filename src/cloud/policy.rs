@@ -83,6 +83,34 @@ pub struct SyncRecord {
     pub failures: u32,
     pub next_attempt: Option<DateTime<Utc>>,
     pub last_report: Option<DateTime<Utc>>,
+    /// The signed time stamp on the last bundle answer (None: no answer yet).
+    #[serde(default)]
+    pub stamp: Option<StampSeen>,
+}
+
+/// What the last bundle answer's time stamp was (docs/cloud-api.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum StampSeen {
+    /// Verified: its time was offered to the license clock as a fresh
+    /// signed time.
+    Verified { at: DateTime<Utc> },
+    /// The cloud sent none (a cloud that does not stamp): nothing changes.
+    Missing,
+    /// Refused, for this reason: the license clock ignored it.
+    Refused { reason: String },
+}
+
+impl StampSeen {
+    /// Whether `self` says something different from `before` (what the log
+    /// repeats only when it changes).
+    pub fn differs_from(&self, before: Option<&StampSeen>) -> bool {
+        match (self, before) {
+            (StampSeen::Verified { .. }, Some(StampSeen::Verified { .. })) => false,
+            (_, Some(b)) => self != b,
+            (_, None) => true,
+        }
+    }
 }
 
 impl SyncRecord {
@@ -489,6 +517,34 @@ mod tests {
                 (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
             }
         }
+    }
+
+    #[test]
+    fn stamp_changes_are_said_once() {
+        let ok = |at: &str| StampSeen::Verified { at: t(at) };
+        let bad = |r: &str| StampSeen::Refused { reason: r.into() };
+        let cases = [
+            (ok("2026-06-01T00:00:00Z"), None, true),
+            (
+                ok("2026-06-01T00:01:00Z"),
+                Some(ok("2026-06-01T00:00:00Z")),
+                false,
+            ),
+            (bad("x"), Some(ok("2026-06-01T00:00:00Z")), true),
+            (bad("x"), Some(bad("x")), false),
+            (bad("y"), Some(bad("x")), true),
+            (StampSeen::Missing, Some(StampSeen::Missing), false),
+            (ok("2026-06-01T00:00:00Z"), Some(StampSeen::Missing), true),
+        ];
+        for (now, before, want) in cases {
+            assert_eq!(
+                now.differs_from(before.as_ref()),
+                want,
+                "{now:?} after {before:?}"
+            );
+        }
+        let json = serde_json::to_value(bad("x")).unwrap();
+        assert_eq!(json, serde_json::json!({"state": "refused", "reason": "x"}));
     }
 
     #[test]

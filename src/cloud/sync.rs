@@ -5,7 +5,7 @@
 //! config change (SIGHUP) rebuilds the client and syncs at once.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio::sync::watch;
@@ -13,10 +13,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::client::{CloudClient, CloudError, Fetched};
-use super::policy::{self, FailureKind, Outcome, Severity, SyncRecord, Timing};
+use super::policy::{self, FailureKind, Outcome, Severity, StampSeen, SyncRecord, Timing};
 use super::Gateway;
 use crate::config::{Cloud, Config};
 use crate::license::bundle::BundleError;
+use crate::license::stamp::{self, NONCE_BYTES};
 
 /// What went wrong in one cycle.
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +109,7 @@ pub async fn run<G: Gateway>(
         cycle += 1;
         let span = tracing::info_span!("sync", cycle, url = %cloud.url);
         let cycle_done = async {
-            let result = sync_once(http, &*gateway, &mut etag).await;
+            let result = sync_once(http, &*gateway, &config, &mut etag, &mut record).await;
             let outcome = match result {
                 Ok(()) => {
                     if record.failures > 0 {
@@ -152,13 +153,46 @@ pub async fn run<G: Gateway>(
     }
 }
 
-/// Fetches the bundle and offers it to the gateway.
+/// Fetches the bundle and offers it to the gateway; first hands the
+/// answer's time stamp, if it verifies, to the license clock (so the bundle
+/// is judged at the corrected clock).
 async fn sync_once(
     http: &CloudClient,
     gateway: &impl Gateway,
+    config: &Config,
     etag: &mut Option<String>,
+    record: &mut SyncRecord,
 ) -> Result<(), SyncError> {
-    match http.fetch_bundle(etag.as_deref()).await? {
+    let nonce = stamp::nonce(nonce_bytes());
+    let sent = Instant::now();
+    let answer = http.fetch_bundle(etag.as_deref(), &nonce).await?;
+    let seen = match answer.stamp.as_deref() {
+        None => StampSeen::Missing,
+        Some(header) => match stamp::verify(header, &config.trusted_keys, &config.device, &nonce) {
+            Ok(s) => {
+                gateway.stamp(s.at, sent);
+                StampSeen::Verified { at: s.at }
+            }
+            Err(e) => StampSeen::Refused {
+                reason: e.to_string(),
+            },
+        },
+    };
+    if seen.differs_from(record.stamp.as_ref()) {
+        match &seen {
+            StampSeen::Verified { at } => {
+                tracing::info!(%at, "the cloud's answers carry a verified signed time; it keeps the license clock right")
+            }
+            StampSeen::Missing => {
+                tracing::info!("the cloud's answers carry no signed time stamp; a forward jump of the license clock heals only through a pool lease")
+            }
+            StampSeen::Refused { reason } => {
+                tracing::warn!("signed time stamp from the cloud refused, the license clock ignores it: {reason}")
+            }
+        }
+    }
+    record.stamp = Some(seen);
+    match answer.fetched {
         Fetched::NotModified => {
             tracing::debug!("bundle unchanged (304)");
             Ok(())
@@ -205,6 +239,23 @@ async fn report_usage(http: &CloudClient, gateway: &impl Gateway, record: &mut S
         Ok(()) => record.last_report = Some(Utc::now()),
         Err(e) => tracing::warn!("usage report not delivered (the next sync tries again): {e}"),
     }
+}
+
+/// A nonce's bytes from the OS. Should that fail, the time and a counter
+/// still make it unique in this run, which is what refuses replays (the
+/// cloud is reached over mTLS only).
+fn nonce_bytes() -> [u8; NONCE_BYTES] {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut bytes = [0u8; NONCE_BYTES];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        bytes[..8].copy_from_slice(&nanos.to_le_bytes());
+        bytes[8..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    }
+    bytes
 }
 
 /// Jitter source: any value will do, a failing OS source gives no jitter.

@@ -15,6 +15,15 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Longest piece of a cloud error body kept for logs and status.
 pub const MAX_MESSAGE_CHARS: usize = 200;
 
+/// Request header of a bundle request: a fresh random nonce (base64 of 16
+/// bytes, `license::stamp::nonce`), new for every request.
+pub const NONCE_HEADER: &str = "seatgate-nonce";
+/// Answer header on 200 and 304 bundle answers: the signed time stamp for
+/// that nonce, `<base64 payload>.<base64 signature>` (`license::stamp`).
+/// Optional: a cloud that does not stamp still works, but then a forward
+/// jump of the gateway's clock only heals through a pool lease.
+pub const STAMP_HEADER: &str = "seatgate-time";
+
 /// Path (relative to the configured base URL) of this device's bundle.
 pub fn bundle_path(device: &str) -> String {
     format!("v1/devices/{device}/bundle")

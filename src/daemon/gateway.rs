@@ -63,6 +63,17 @@ impl Gateway for Shared {
         })
     }
 
+    fn stamp(&self, at: DateTime<Utc>, sent: Instant) {
+        let c = self.lock().licenses.correct(at, Utc::now(), sent);
+        log_correction(c, at);
+        // A clock moved by the correction is written at once, so a restart
+        // does not bring the wrong mark back.
+        if matches!(c, Correction::Applied { from, to, distrust_system } if distrust_system || (to - from).abs() > TOLERANCE)
+        {
+            self.persist.ring();
+        }
+    }
+
     fn bundle_not_after(&self) -> Option<DateTime<Utc>> {
         self.lock().licenses.bundle().map(|b| b.not_after)
     }

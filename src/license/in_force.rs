@@ -69,7 +69,8 @@ impl Licenses {
     }
 
     /// A fresh signed time from the cloud (a newly accepted slice lease's
-    /// `issued_at`, paired with the instant its request was sent).
+    /// `issued_at`, or a bundle answer's verified time stamp), paired with
+    /// the instant its request was sent.
     pub fn correct(
         &mut self,
         signed: DateTime<Utc>,

@@ -2,7 +2,7 @@
 //! monotonic clock, so setting the system clock back neither revives an
 //! expired license nor stops time (licenses still expire on time), and a
 //! fresh signed time from the cloud corrects it, also backwards, so a
-//! mistaken forward jump of the system clock heals at the next lease.
+//! mistaken forward jump of the system clock heals at the next sync.
 //! Pure: system and monotonic instants are arguments.
 //!
 //! The rules (`TrustedClock`):
@@ -11,10 +11,11 @@
 //!   daemon last wrote) and is moved up to now whenever the daemon writes
 //!   the mark (`observe`), so the mark never goes backwards on its own.
 //! - A fresh signed time moves the anchor to itself, backwards too
-//!   (`correct`). Fresh means a slice lease newly accepted in this run: the
-//!   cloud signs one per request, its epoch must grow, and it is paired with
-//!   the monotonic instant its request was SENT (so the clock runs at most
-//!   one round trip ahead, never behind). A signed time is refused as a
+//!   (`correct`). Fresh means signed for one request of this run: a slice
+//!   lease newly accepted (its epoch must grow), or the time stamp on a
+//!   bundle answer (`stamp`: it carries the random nonce the request sent).
+//!   Either is paired with the monotonic instant its request was SENT (so
+//!   the clock runs at most one round trip ahead, never behind). A signed time is refused as a
 //!   correction when it is stale (more than `SIGNED_SLACK` behind the last
 //!   accepted signed time, run forward on the monotonic clock, or behind
 //!   the one persisted before a restart) or from the future (more than

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use seatgate::admission::protocol::Request;
-use seatgate::cloud::policy::{FailureKind, Severity};
+use seatgate::cloud::policy::{FailureKind, Severity, StampSeen};
 use seatgate::license::bundle::{encode_secret_key, Signed};
 use seatgate::status::Status;
 
@@ -535,4 +535,132 @@ fn sighup_picks_up_a_corrected_cloud_section_and_syncs_at_once() {
     d.signal(Signal::SIGHUP);
     cap_becomes(&d, 22, "the sync after SIGHUP");
     synced(&d);
+}
+
+/// A gateway that synced LIC-1 (20 seats) from `cloud`, then had a mistaken
+/// forward jump of its clock persisted: its daemon is stopped, `clock.json`
+/// holds a mark ten years ahead, and the cloud is stopped too.
+fn gateway_with_a_clock_ten_years_ahead(cloud: &mut DevCloud) -> Gateway {
+    cloud.run(&[
+        "license", "add", "LIC-1", "--device", DEVICE, "--seats", "20",
+    ]);
+    cloud.start();
+    let gw = cloud_gateway(cloud, &Identity::of(cloud, DEVICE));
+    let d = gw.start();
+    cap_becomes(&d, 22, "the first sync");
+    wait_for("the bundle to be stored", SOON, || {
+        gw.path("state/bundle.json").is_file().then_some(())
+    });
+    d.signal(Signal::SIGTERM);
+    let (status, log) = d.wait_exit(SOON);
+    assert!(status.success(), "{log}");
+    cloud.stop();
+    let ahead = chrono::Utc::now() + chrono::Duration::days(3653);
+    let mark = serde_json::json!({ "high_water": ahead });
+    std::fs::write(gw.path("state/clock.json"), mark.to_string()).unwrap();
+    gw
+}
+
+fn stamp_seen(d: &Daemon, what: &str, f: impl Fn(&StampSeen) -> bool) -> Status {
+    wait_for(what, SOON, || {
+        let s = d.status();
+        s.cloud
+            .as_ref()
+            .and_then(|c| c.sync.stamp.as_ref())
+            .is_some_and(&f)
+            .then_some(s)
+    })
+}
+
+#[test]
+fn a_forward_jump_persisted_in_clock_json_heals_at_the_first_stamped_sync() {
+    let gw0 = signer();
+    let mut cloud = DevCloud::new(&gw0, 3600);
+    let gw = gateway_with_a_clock_ten_years_ahead(&mut cloud);
+
+    // No pools: only the bundle answer can bring a fresh signed time.
+    let d = gw.start();
+    let s = d.status();
+    assert!(
+        s.now > chrono::Utc::now() + chrono::Duration::days(3600),
+        "the clock starts from the mark: {}",
+        s.now
+    );
+    assert!(s.bundle.is_some(), "the stored bundle is loaded");
+    assert_eq!(s.cap_total, 2, "at the wrong clock LIC-1 looks expired");
+    assert!(s.pools.is_empty());
+
+    cloud.start();
+    let s = cap_becomes(&d, 22, "the cloud's time stamp to heal the clock");
+    let off = (s.now - chrono::Utc::now()).abs();
+    assert!(
+        off < chrono::Duration::minutes(1),
+        "now {} is off by {off}",
+        s.now
+    );
+    let s = stamp_seen(&d, "a verified stamp in status", |st| {
+        matches!(st, StampSeen::Verified { .. })
+    });
+    assert!(s.cloud.unwrap().sync.last_error.is_none());
+    // The healed clock is written at once, so a restart keeps it.
+    wait_for("the healed mark in clock.json", SOON, || {
+        let text = std::fs::read_to_string(gw.path("state/clock.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let high: chrono::DateTime<chrono::Utc> =
+            serde_json::from_value(v["high_water"].clone()).ok()?;
+        (high < chrono::Utc::now() + chrono::Duration::days(1)).then_some(())
+    });
+    d.signal(Signal::SIGTERM);
+    let (status, log) = d.wait_exit(SOON);
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("the license clock was corrected by a signed time from the cloud"),
+        "{log}"
+    );
+}
+
+#[test]
+fn missing_forged_or_replayed_stamps_change_nothing_and_say_so() {
+    let gw0 = signer();
+    let mut cloud = DevCloud::new(&gw0, 3600);
+    let gw = gateway_with_a_clock_ten_years_ahead(&mut cloud);
+    cloud.run(&["fault", DEVICE, "bad-stamp"]);
+    cloud.start();
+    let d = gw.start();
+
+    let cases = [
+        ("bad-stamp", "signature does not verify"),
+        ("replayed-stamp", "its nonce is not the one sent"),
+    ];
+    for (fault, why) in cases {
+        cloud.run(&["fault", DEVICE, fault]);
+        let s = stamp_seen(
+            &d,
+            &format!("{fault} refused"),
+            |st| matches!(st, StampSeen::Refused { reason } if reason.contains(why)),
+        );
+        assert_eq!(s.cap_total, 2, "{fault}: the clock did not move");
+        assert!(
+            s.cloud.unwrap().sync.last_error.is_none(),
+            "{fault}: synced"
+        );
+        let text = String::from_utf8(gw.cli(&["status"]).stdout).unwrap();
+        assert!(text.contains("signed time REFUSED (ignored)"), "{text}");
+    }
+    // An older cloud that does not stamp: syncs as before, heals nothing.
+    cloud.run(&["fault", DEVICE, "no-stamp"]);
+    let s = stamp_seen(&d, "no stamp", |st| *st == StampSeen::Missing);
+    assert_eq!(s.cap_total, 2);
+    let text = String::from_utf8(gw.cli(&["status"]).stdout).unwrap();
+    assert!(text.contains("signed time: none"), "{text}");
+
+    cloud.run(&["fault", DEVICE, "none"]);
+    cap_becomes(&d, 22, "a good stamp to heal the clock");
+    d.signal(Signal::SIGTERM);
+    let (status, log) = d.wait_exit(SOON);
+    assert!(status.success(), "{log}");
+    let refusals = log
+        .matches("signed time stamp from the cloud refused")
+        .count();
+    assert_eq!(refusals, 2, "one warning per change, not per sync: {log}");
 }
