@@ -279,7 +279,10 @@ fn log_admission(req: &AdmitRequest, a: &Admission) {
         }
         Decision::Denied(reason) => {
             let message = deny_message(reason, cap, in_use);
-            tracing::info!(%key, %user, %remote, ?reason, in_use, cap, "seat denied: {message}");
+            // A refused user is the operator's business: warning, so
+            // `journalctl -p warning` shows it.
+            let reason = reason.as_str();
+            tracing::warn!(%key, %user, %remote, %reason, in_use, cap, "seat denied: {message}");
         }
     }
 }
