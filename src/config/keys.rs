@@ -5,7 +5,6 @@
 //! are still validated. Pure.
 
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 
 use super::{problem, Problem};
 
@@ -209,6 +208,7 @@ fn range(rust: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Deserialize;
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]

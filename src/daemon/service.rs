@@ -59,7 +59,11 @@ impl Service for Shared {
                 };
                 self.release(&key, asker)
             }
-            Request::Evict { key } => self.release(&key, Some(Asker::Operator)),
+            Request::Evict { key } => {
+                // Who freed a seat by hand is the operator's audit trail.
+                tracing::warn!(key = %shown(&key), operator_uid = peer.uid, operator_pid = peer.pid, "evict asked by an operator");
+                self.release(&key, Some(Asker::Operator))
+            }
             Request::Status => self.status_reply(),
             Request::ForgetLost => {
                 let mut state = self.lock();
@@ -72,6 +76,8 @@ impl Service for Shared {
                     tracing::warn!(
                         lost = was,
                         in_use,
+                        operator_uid = peer.uid,
+                        operator_pid = peer.pid,
                         "an operator freed the seats of sessions lost with a damaged snapshot"
                     );
                 }
