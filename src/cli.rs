@@ -168,6 +168,12 @@ enum BundleCmd {
     },
 }
 
+/// The command definitions, for the man pages and completions (xtask/).
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command()
+}
+
 /// stdout was closed by its reader (`seatgate status | head -1`).
 #[derive(Debug, thiserror::Error)]
 #[error("stdout was closed by its reader")]
