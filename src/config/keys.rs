@@ -109,9 +109,14 @@ fn unknown_field(message: &str) -> Option<String> {
 fn remove(table: &mut toml::Table, parent: &str, name: &str) -> bool {
     fn walk(value: &mut toml::Value, path: &[&str], name: &str) -> bool {
         match (value, path.split_first()) {
-            (toml::Value::Array(items), _) => items
-                .iter_mut()
-                .fold(false, |hit, v| walk(v, path, name) || hit),
+            (toml::Value::Array(items), _) => {
+                // Every entry, not just the first that has it.
+                let mut hit = false;
+                for v in items {
+                    hit |= walk(v, path, name);
+                }
+                hit
+            }
             (toml::Value::Table(t), None) => t.remove(name).is_some(),
             (toml::Value::Table(t), Some((first, rest))) => {
                 t.get_mut(*first).is_some_and(|v| walk(v, rest, name))
