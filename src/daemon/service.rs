@@ -2,6 +2,7 @@
 //! rights, asks the admission core, and turns what happened into the answer
 //! and the log line. The one place where results and errors meet the wire.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -164,7 +165,7 @@ impl Shared {
         };
         drop(state);
         log_release_fault(fault);
-        log_admission(req, &admission);
+        log_admission(req, &admission, &self.denying);
         Reply {
             bytes: Bytes::Owned(Response::Admit(admit_response(&admission)).encode()),
             undo,
@@ -265,7 +266,10 @@ fn admit_response(a: &Admission) -> AdmitResponse {
     }
 }
 
-fn log_admission(req: &AdmitRequest, a: &Admission) {
+/// One line per admission and denial at info; a run of denials for one
+/// reason starts with a warning (so `journalctl -p warning` shows that the
+/// gateway turns users away without a line per retrying client).
+fn log_admission(req: &AdmitRequest, a: &Admission, denying: &AtomicU8) {
     let (key, user, remote) = (shown(&req.key), shown(&req.user), shown(&req.remote));
     let (cap, in_use) = (a.cap, a.in_use);
     if let Some(e) = &a.fault {
@@ -274,6 +278,7 @@ fn log_admission(req: &AdmitRequest, a: &Admission) {
     match a.decision {
         Decision::Admitted { again: true } => {}
         Decision::Admitted { again: false } => {
+            denying.store(0, Ordering::Relaxed);
             tracing::info!(%key, %user, %remote, in_use, cap, "seat admitted");
             if in_use == near_cap(cap) {
                 tracing::warn!(
@@ -285,10 +290,12 @@ fn log_admission(req: &AdmitRequest, a: &Admission) {
         }
         Decision::Denied(reason) => {
             let message = deny_message(reason, cap, in_use);
-            // A refused user is the operator's business: warning, so
-            // `journalctl -p warning` shows it.
+            let code = reason as u8 + 1;
             let reason = reason.as_str();
-            tracing::warn!(%key, %user, %remote, %reason, in_use, cap, "seat denied: {message}");
+            if denying.swap(code, Ordering::Relaxed) != code {
+                tracing::warn!(%reason, in_use, cap, "denying new sessions: {message} (each denial follows at info)");
+            }
+            tracing::info!(%key, %user, %remote, %reason, in_use, cap, "seat denied: {message}");
         }
     }
 }

@@ -174,8 +174,11 @@ fn status_line_follows_the_seats_and_reloads_report_refusal() {
             .to_string()
     };
     assert!(line("seatgate ready").starts_with("<6>"), "{journal}");
+    let denying = line("denying new sessions");
+    assert!(denying.starts_with("<4>"), "{denying}");
+    assert!(denying.contains("reason=cap_reached"), "{denying}");
     let denied = line("seat denied");
-    assert!(denied.starts_with("<4>"), "{denied}");
+    assert!(denied.starts_with("<6>"), "{denied}");
     assert!(denied.contains("reason=cap_reached"), "{denied}");
     assert!(line("reload refused").starts_with("<3>"), "{journal}");
     for l in journal.lines() {
