@@ -52,6 +52,7 @@ enum Command {
     Evict {
         #[command(flatten)]
         target: SocketArg,
+        /// The session key, as `seatgate status` lists it.
         #[arg(
             value_name = "KEY",
             required_unless_present = "lost",
@@ -72,8 +73,9 @@ enum Command {
     Licenses {
         #[command(flatten)]
         config: ConfigArg,
-        /// Evaluate at this instant (RFC 3339) instead of now.
-        #[arg(long, value_name = "RFC3339")]
+        /// Evaluate at this date (YYYY-MM-DD: midnight UTC) or instant
+        /// (RFC 3339, e.g. 2027-07-01T12:00:00Z) instead of now.
+        #[arg(long, value_name = "DATE|RFC3339", value_parser = parse_at)]
         at: Option<DateTime<Utc>>,
         /// Print JSON for scripts.
         #[arg(long)]
@@ -136,15 +138,19 @@ impl SocketArg {
 enum BundleCmd {
     /// Generate an Ed25519 key pair: PREFIX.key (secret, mode 0600) and PREFIX.pub.
     Keygen {
+        /// Path and name without extension: writes PREFIX.key and PREFIX.pub.
         #[arg(value_name = "PREFIX")]
         prefix: PathBuf,
     },
     /// Sign an unsigned bundle (JSON) with a secret key.
     Sign {
+        /// The secret key file (PREFIX.key from keygen; never the .pub).
         #[arg(long, value_name = "FILE")]
         key: PathBuf,
+        /// The unsigned bundle (fields: docs/bundle.md).
         #[arg(value_name = "BUNDLE.json")]
         input: PathBuf,
+        /// Where to write the signed bundle.
         #[arg(long, short = 'o', value_name = "FILE")]
         out: PathBuf,
     },
@@ -156,9 +162,54 @@ enum BundleCmd {
         /// ... or the trusted keys and device of a config.
         #[arg(long, short = 'c', value_name = "FILE")]
         config: Option<PathBuf>,
+        /// The signed bundle to check.
         #[arg(value_name = "SIGNED.json")]
         input: PathBuf,
     },
+}
+
+/// The command definitions, for the man pages and completions (xtask/).
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command()
+}
+
+/// stdout was closed by its reader (`seatgate status | head -1`).
+#[derive(Debug, thiserror::Error)]
+#[error("stdout was closed by its reader")]
+struct ClosedStdout;
+
+/// Writes to stdout; a closed pipe becomes `ClosedStdout` instead of the
+/// panic `print!` would raise.
+fn write_out(args: std::fmt::Arguments<'_>) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(args).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(ClosedStdout.into()),
+        r => r.context("cannot write to stdout"),
+    }
+}
+
+macro_rules! out {
+    ($($t:tt)*) => { write_out(format_args!($($t)*))? };
+}
+
+macro_rules! outln {
+    ($($t:tt)*) => { write_out(format_args!("{}\n", format_args!($($t)*)))? };
+}
+
+/// `--at`: a date (midnight UTC) or an RFC 3339 instant.
+fn parse_at(text: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+        .ok_or_else(|| {
+            format!("{text:?} is not a date (2027-07-01, midnight UTC) or an RFC 3339 time (2027-07-01T12:00:00Z)")
+        })
 }
 
 pub fn main() -> ExitCode {
@@ -175,6 +226,8 @@ pub fn main() -> ExitCode {
     };
     match dispatch(cli.command) {
         Ok(code) => code,
+        // The reader went away (`| head`): done, quietly, as ripgrep does.
+        Err(e) if e.is::<ClosedStdout>() => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("seatgate: {e:#}");
             ExitCode::FAILURE
@@ -238,11 +291,11 @@ const OPERATOR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn status(socket: &Path, json: bool) -> Result<ExitCode> {
     match client::call(socket, &Request::Status, OPERATOR_TIMEOUT)? {
-        Response::Status(s) if json => println!("{}", serde_json::to_string_pretty(&s.status)?),
+        Response::Status(s) if json => outln!("{}", serde_json::to_string_pretty(&s.status)?),
         Response::Status(s) => {
             let status: crate::status::Status = serde_json::from_value(s.status)
                 .with_context(|| format!("{}: the status answer is not one this seatgate reads (a different version?)", socket.display()))?;
-            print!("{}", status.render_text())
+            out!("{}", status.render_text())
         }
         Response::Error(e) => bail!("{}: {}", socket.display(), e.error.message),
         other => bail!("{}: unexpected answer {other:?}", socket.display()),
@@ -258,7 +311,7 @@ fn evict(socket: &Path, key: Option<String>) -> Result<ExitCode> {
     let what = key.map_or("the lost sessions' seats".to_string(), |k| format!("{k:?}"));
     match client::call(socket, &request, OPERATOR_TIMEOUT)? {
         Response::Release(r) if r.released => {
-            println!("released {what}; {} seats in use", r.in_use)
+            outln!("released {what}; {} seats in use", r.in_use)
         }
         Response::Release(_) => bail!("{what}: nothing holds a seat (see `seatgate status`)"),
         Response::Error(e) => bail!("{}: {}", socket.display(), e.error.message),
@@ -267,24 +320,98 @@ fn evict(socket: &Path, key: Option<String>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The config, then the bundle file it names, judged as the daemon would
+/// judge it (signature against the trusted keys, device, generation, issue
+/// time); every problem found is printed. Exit 1 when the daemon would
+/// refuse the config or the bundle file.
 fn check_config(flag: Option<&Path>) -> Result<ExitCode> {
     let path = config::locate(flag);
-    match config::load(&path) {
-        Ok(c) => {
-            println!(
-                "{}: ok (device {}, socket {}, {} trusted key(s))",
-                path.display(),
-                c.device,
-                c.socket.display(),
-                c.trusted_keys.len()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+    let c = match config::load(&path) {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
-            Ok(ExitCode::FAILURE)
+            return Ok(ExitCode::FAILURE);
         }
+    };
+    let mut notes = Vec::new();
+    let bundle = match &c.bundle_file {
+        None => "no bundle file".to_string(),
+        Some(file) => match check_bundle_file(&c, file) {
+            Ok((line, mut more)) => {
+                notes.append(&mut more);
+                line
+            }
+            Err(problem) => {
+                eprintln!(
+                    "config {} has 1 problem(s):\n  - license.bundle_file: {problem}",
+                    path.display()
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+        },
+    };
+    outln!(
+        "{}: ok (device {}, socket {}, {} trusted key(s); {bundle})",
+        path.display(),
+        c.device,
+        c.socket.display(),
+        c.trusted_keys.len()
+    );
+    for n in notes {
+        eprintln!("note: {n}");
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The bundle file, through the license engine's acceptance against what
+/// the state directory holds: a summary and notes, or why it is refused.
+fn check_bundle_file(c: &config::Config, file: &Path) -> Result<(String, Vec<String>), String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let rules = c.license_rules();
+    // The accepted bundle and the trusted clock, as the daemon starts from them.
+    let stored = disk::load(&c.state_dir, None, &rules, Utc::now());
+    let now = stored.now(Utc::now(), std::time::Instant::now());
+    let mut notes = Vec::new();
+    let last = stored.bundle().map(|b| b.generation);
+    let acceptance = bundle::Acceptance {
+        device: &c.device,
+        last_generation: None,
+        now,
+    };
+    let (_, b) = bundle::accept(&text, &c.trusted_keys, acceptance)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    if let Some(last) = last.filter(|last| b.generation < *last) {
+        // Not a fault of the file's: the daemon keeps the newer one it has.
+        notes.push(format!(
+            "{}: generation {} is older than the generation {last} in force (from {}); the daemon keeps that one and ignores the file",
+            file.display(),
+            b.generation,
+            c.state_dir.display()
+        ));
+    }
+    let (ent, rejected) = b.entitlement(c.builtin_seats);
+    if now >= b.not_after {
+        notes.push(format!(
+            "{}: ran out at {}; it grants the built-in seats only",
+            file.display(),
+            b.not_after
+        ));
+    }
+    for r in &rejected {
+        notes.push(format!(
+            "{}: license {} refused: {}",
+            file.display(),
+            r.id,
+            r.reason
+        ));
+    }
+    let line = format!(
+        "bundle file generation {} signature ok, cap now {}",
+        b.generation,
+        ent.cap_at(now).total()
+    );
+    Ok((line, notes))
 }
 
 fn licenses(flag: Option<&Path>, at: Option<DateTime<Utc>>, json: bool) -> Result<ExitCode> {
@@ -298,15 +425,49 @@ fn licenses(flag: Option<&Path>, at: Option<DateTime<Utc>>, json: bool) -> Resul
     let at = at.unwrap_or_else(|| lic.now(Utc::now(), std::time::Instant::now()));
     let report = LicenseReport::build(&config.device, &lic, at);
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", report.render_text());
+        out!("{}", report.render_text());
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn read(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    Secret,
+    Public,
+}
+
+/// Reads a key file of one kind. Typed files (what keygen writes) say
+/// their kind; a bare one from before is taken by its name (`.key` secret,
+/// `.pub` public), and refused when the name says the other kind.
+fn read_key_file<K>(
+    path: &Path,
+    kind: KeyKind,
+    parse: fn(&str) -> Result<K, bundle::BundleError>,
+) -> Result<K> {
+    let (what, wrong_ext) = match kind {
+        KeyKind::Secret => ("secret key", "pub"),
+        KeyKind::Public => ("public key", "key"),
+    };
+    let text = read(path)?;
+    if !bundle::is_typed_key(&text) {
+        if path.extension().is_some_and(|e| e == wrong_ext) {
+            bail!(
+                "{}: an untyped key file named .{wrong_ext} is not a {what}; give the {what} file (keygen writes PREFIX.key and PREFIX.pub)",
+                path.display()
+            );
+        }
+        eprintln!(
+            "note: {} is an untyped key file (from before seatgate-ed25519-*-v1:); taken as a {what}",
+            path.display()
+        );
+    }
+    parse(&text).with_context(|| format!("{what} {}", path.display()))
 }
 
 fn bundle_cmd(cmd: BundleCmd) -> Result<ExitCode> {
@@ -328,13 +489,14 @@ fn bundle_cmd(cmd: BundleCmd) -> Result<ExitCode> {
             let public = bundle::encode_public_key(&key.verifying_key());
             store::write_atomic(
                 &secret_path,
-                format!("{}\n", bundle::encode_secret_key(&key)).as_bytes(),
+                format!("{}\n", bundle::secret_key_file(&key)).as_bytes(),
                 0o600,
             )
             .with_context(|| format!("cannot write {}", secret_path.display()))?;
-            store::write_atomic(&public_path, format!("{public}\n").as_bytes(), 0o644)
+            let public_file = bundle::public_key_file(&key.verifying_key());
+            store::write_atomic(&public_path, format!("{public_file}\n").as_bytes(), 0o644)
                 .with_context(|| format!("cannot write {}", public_path.display()))?;
-            println!("{public}");
+            outln!("{public}");
             eprintln!(
                 "wrote {} (keep secret) and {}; put the public key in [license] trusted_keys",
                 secret_path.display(),
@@ -342,8 +504,7 @@ fn bundle_cmd(cmd: BundleCmd) -> Result<ExitCode> {
             );
         }
         BundleCmd::Sign { key, input, out } => {
-            let key = bundle::parse_secret_key(&read(&key)?)
-                .with_context(|| format!("secret key {}", key.display()))?;
+            let key = read_key_file(&key, KeyKind::Secret, bundle::parse_secret_key)?;
             let unsigned: Bundle = serde_json::from_str(&read(&input)?).with_context(|| {
                 format!(
                     "{} is not a bundle (the fields: docs/bundle.md in the seatgate sources, or README \"Signed license bundles\")",
@@ -370,8 +531,11 @@ fn bundle_cmd(cmd: BundleCmd) -> Result<ExitCode> {
         } => {
             let (keys, device, builtin) = match (public_key, cfg) {
                 (Some(p), _) => (
-                    vec![bundle::parse_public_key(&read(&p)?)
-                        .with_context(|| format!("public key {}", p.display()))?],
+                    vec![read_key_file(
+                        &p,
+                        KeyKind::Public,
+                        bundle::parse_public_key,
+                    )?],
                     None,
                     2,
                 ),
@@ -394,14 +558,55 @@ fn bundle_cmd(cmd: BundleCmd) -> Result<ExitCode> {
             }
             let (ent, rejected) = b.entitlement(builtin);
             let now = Utc::now();
-            println!(
+            outln!(
                 "{}: signature ok; device {} org {} generation {} issued {} not after {}; cap now {}",
                 input.display(), b.device, b.org, b.generation, b.issued_at, b.not_after, ent.cap_at(now).total()
             );
             for r in &rejected {
-                println!("rejected: {} {}", r.id, r.reason);
+                outln!("rejected: {} {}", r.id, r.reason);
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every subcommand and every argument says what it is for in --help.
+    #[test]
+    fn everything_has_help() {
+        use clap::CommandFactory;
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && arg.get_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let name = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() {
+                    missing.push(name.clone());
+                }
+                walk(sub, &name, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "seatgate", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
+
+    #[test]
+    fn at_takes_a_date_or_an_instant() {
+        let t = |s: &str| parse_at(s).map(|t| t.to_rfc3339());
+        assert_eq!(t("2027-07-01").unwrap(), "2027-07-01T00:00:00+00:00");
+        assert_eq!(
+            t("2027-07-01T12:30:00+02:00").unwrap(),
+            "2027-07-01T10:30:00+00:00"
+        );
+        assert!(t("2027-07-32").is_err());
+        assert!(t("tomorrow").unwrap_err().contains("is not a date"));
+    }
 }

@@ -8,6 +8,8 @@ use ed25519_dalek::VerifyingKey;
 use serde::Deserialize;
 
 use crate::license::bundle::parse_public_key;
+
+mod keys;
 use crate::license::in_force::Rules;
 use crate::sys::users;
 
@@ -241,13 +243,7 @@ fn problem(key: &str, message: impl Into<String>) -> Problem {
 /// Parses and validates config text. Relative paths are taken relative to
 /// `base` (the config file's directory). Returns every problem found.
 pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<Problem>> {
-    let raw: RawConfig = toml::from_str(text).map_err(|e| {
-        let key = e.span().map_or("(file)".to_string(), |s| {
-            format!("line {}", text[..s.start].matches('\n').count() + 1)
-        });
-        vec![problem(&key, e.message().to_string())]
-    })?;
-    let mut problems = Vec::new();
+    let (raw, mut problems, left_out) = keys::read::<RawConfig>(text)?;
     let device = match raw.device {
         Some(d) if valid_serial(&d) => d,
         Some(d) => {
@@ -362,6 +358,13 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<Problem>> {
         reconcile,
         cloud,
     };
+    // A key of the wrong type was reported as such (the first problems):
+    // not again as missing.
+    let mut index = 0;
+    problems.retain(|p| {
+        index += 1;
+        index <= left_out.len() || !left_out.contains(&p.key)
+    });
     if problems.is_empty() {
         Ok(config)
     } else {
@@ -785,11 +788,11 @@ mod tests {
             Path::new("/"),
         )
         .unwrap_err();
-        assert_eq!(problems[0].key, "line 4");
+        assert_eq!(problems[0].key, "admission.max_conections (line 4)");
         assert!(
-            problems[0]
-                .message
-                .contains("unknown field `max_conections`"),
+            problems[0].message.contains(
+                "unknown key \"max_conections\"; the keys here are over_cap, max_connections"
+            ),
             "{:?}",
             problems[0]
         );
@@ -863,9 +866,24 @@ mod tests {
             Path::new("/"),
         )
         .unwrap_err();
-        assert!(
-            problems[0].message.contains("unknown field"),
-            "{problems:?}"
+        assert_eq!(problems[0].key, "reconcile[0].managment (line 4)");
+        assert!(problems[0].message.contains("unknown key"), "{problems:?}");
+        // Every problem in one pass, in the config's words.
+        let problems = parse(
+            "device = 5\nbuiltin_seats = \"2\"\n[admission]\nmax_connections = -1\nstatus_public = \"yes\"\nsocket_mode = \"9\"\n",
+            Path::new("/"),
+        )
+        .unwrap_err();
+        let got: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            got,
+            [
+                "admission.max_connections (line 4): -1 is out of range; expected a whole number from 0 to 18446744073709551615",
+                "admission.status_public (line 5): expected true or false, got a string (\"yes\")",
+                "builtin_seats (line 2): expected a whole number, got a string (\"2\")",
+                "device (line 1): expected a string (in quotes), got a whole number (5)",
+                "admission.socket_mode: must be an octal mode as a string, e.g. \"0660\"",
+            ]
         );
     }
 

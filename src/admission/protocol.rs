@@ -88,6 +88,20 @@ pub enum DenyReason {
     KeyHeld,
 }
 
+impl DenyReason {
+    /// The name on the wire (and in log lines): `cap_reached`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyReason::CapReached => "cap_reached",
+            DenyReason::OverCap => "over_cap",
+            DenyReason::NoLicense => "no_license",
+            DenyReason::UnknownServer => "unknown_server",
+            DenyReason::Internal => "internal",
+            DenyReason::KeyHeld => "key_held",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Response {
@@ -260,6 +274,22 @@ pub fn encode_request(request: &Request) -> Vec<u8> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn deny_reason_names_are_the_wire_names() {
+        use DenyReason::*;
+        for r in [
+            CapReached,
+            OverCap,
+            NoLicense,
+            UnknownServer,
+            Internal,
+            KeyHeld,
+        ] {
+            let wire = serde_json::to_value(r).unwrap();
+            assert_eq!(wire, r.as_str(), "{r:?}");
+        }
+    }
 
     proptest! {
         /// Whatever a peer sends, decoding answers; it never panics.

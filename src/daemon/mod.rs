@@ -7,13 +7,15 @@
 //! - `gateway`: the views the cloud loops and reconciliation get;
 //! - `status_cache`: one status rendering shared by every reader;
 //! - `persist`: the one writer of the state directory;
-//! - `tasks`: reaper, ticker, watchdog, SIGHUP reload.
+//! - `summary`: the STATUS line systemd shows;
+//! - `tasks`: reaper, ticker, watchdog, STATUS updates, SIGHUP reload.
 
 mod gateway;
 mod persist;
 mod service;
 mod state;
 mod status_cache;
+mod summary;
 mod tasks;
 
 use std::future::Future;
@@ -144,9 +146,11 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
     if let Some(every) = sys::systemd::watchdog_interval() {
         tracker.spawn(tasks::watchdog(every, cancel.clone()));
     }
+    let (refused_tx, refused_rx) = watch::channel(None);
     let publish = tasks::Publish {
         config: config_tx,
         policy: policy_tx,
+        refused: refused_tx,
     };
     tracker.spawn(tasks::reloader(
         config_path,
@@ -163,7 +167,12 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
         .as_ref()
         .map_or("(systemd)".into(), |g| g.0.display().to_string());
     tracing::info!(%socket, cap, in_use, "seatgate ready");
-    sys::systemd::notify(&format!("READY=1\nSTATUS=cap {cap} in use {in_use}"));
+    let line = tasks::summary_line(&shared, None);
+    sys::systemd::notify(&format!("READY=1\nSTATUS={line}"));
+    if sys::systemd::notify_socket_set() {
+        let task = tasks::systemd_status(shared.clone(), line, refused_rx, cancel.clone());
+        tracker.spawn(task);
+    }
 
     shutdown.await;
     tracing::info!("shutting down");

@@ -2,6 +2,7 @@
 //! rights, asks the admission core, and turns what happened into the answer
 //! and the log line. The one place where results and errors meet the wire.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -68,7 +69,11 @@ impl Service for Shared {
                 };
                 self.release(&key, asker)
             }
-            Request::Evict { key } => self.release(&key, Some(Asker::Operator)),
+            Request::Evict { key } => {
+                // Who freed a seat by hand is the operator's audit trail.
+                tracing::warn!(key = %shown(&key), operator_uid = peer.uid, operator_pid = peer.pid, "evict asked by an operator");
+                self.release(&key, Some(Asker::Operator))
+            }
             Request::Status => self.status_reply(),
             Request::ForgetLost => {
                 let mut state = self.lock();
@@ -81,6 +86,8 @@ impl Service for Shared {
                     tracing::warn!(
                         lost = was,
                         in_use,
+                        operator_uid = peer.uid,
+                        operator_pid = peer.pid,
                         "an operator freed the seats of sessions lost with a damaged snapshot"
                     );
                 }
@@ -175,7 +182,7 @@ impl Shared {
         };
         drop(state);
         log_release_fault(fault);
-        log_admission(req, &admission);
+        log_admission(req, &admission, &self.denying);
         Reply {
             bytes: Bytes::Owned(Response::Admit(admit_response(&admission)).encode()),
             undo,
@@ -276,7 +283,10 @@ fn admit_response(a: &Admission) -> AdmitResponse {
     }
 }
 
-fn log_admission(req: &AdmitRequest, a: &Admission) {
+/// One line per admission and denial at info; a run of denials for one
+/// reason starts with a warning (so `journalctl -p warning` shows that the
+/// gateway turns users away without a line per retrying client).
+fn log_admission(req: &AdmitRequest, a: &Admission, denying: &AtomicU8) {
     let (key, user, remote) = (shown(&req.key), shown(&req.user), shown(&req.remote));
     let (cap, in_use) = (a.cap, a.in_use);
     if let Some(e) = &a.fault {
@@ -285,6 +295,7 @@ fn log_admission(req: &AdmitRequest, a: &Admission) {
     match a.decision {
         Decision::Admitted { again: true } => {}
         Decision::Admitted { again: false } => {
+            denying.store(0, Ordering::Relaxed);
             tracing::info!(%key, %user, %remote, in_use, cap, "seat admitted");
             if in_use == near_cap(cap) {
                 tracing::warn!(
@@ -296,7 +307,12 @@ fn log_admission(req: &AdmitRequest, a: &Admission) {
         }
         Decision::Denied(reason) => {
             let message = deny_message(reason, cap, in_use);
-            tracing::info!(%key, %user, %remote, ?reason, in_use, cap, "seat denied: {message}");
+            let code = reason as u8 + 1;
+            let reason = reason.as_str();
+            if denying.swap(code, Ordering::Relaxed) != code {
+                tracing::warn!(%reason, in_use, cap, "denying new sessions: {message} (each denial follows at info)");
+            }
+            tracing::info!(%key, %user, %remote, %reason, in_use, cap, "seat denied: {message}");
         }
     }
 }

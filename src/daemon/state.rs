@@ -4,7 +4,7 @@
 //! reports and the status are computed here from that state (pure, the
 //! instants are arguments); `Shared` adds the lock and what the tasks share.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -196,6 +196,9 @@ pub struct Shared {
     state: Mutex<State>,
     /// Counts `lock` calls: a status rendering is current while it stays.
     touched: AtomicU64,
+    /// The reason new sessions are being denied for (0: none since the
+    /// last admission), so a run of denials is one warning, not a flood.
+    pub denying: AtomicU8,
     pub config: watch::Receiver<Arc<Config>>,
     pub policy: watch::Receiver<Arc<Policy>>,
     pub persist: super::persist::Doorbell,
@@ -212,6 +215,7 @@ impl Shared {
         Shared {
             state: Mutex::new(state),
             touched: AtomicU64::new(0),
+            denying: AtomicU8::new(0),
             config,
             policy,
             persist,

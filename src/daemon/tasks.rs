@@ -1,6 +1,7 @@
 //! The daemon's background duties, each a loop that stops on the shared
 //! CancellationToken: reaping the sessions of dead VPN server processes,
-//! logging cap changes on time, the systemd watchdog, and SIGHUP reloads.
+//! logging cap changes on time, the systemd watchdog and STATUS line, and
+//! SIGHUP reloads.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::gateway::release_server;
 use super::state::Shared;
+use super::summary::Summary;
 use crate::admission::access::Policy;
 use crate::config::{self, Config};
 use crate::license::disk;
@@ -119,10 +121,17 @@ pub fn policy(config: &Config) -> Policy {
 pub struct Publish {
     pub config: watch::Sender<Arc<Config>>,
     pub policy: watch::Sender<Arc<Policy>>,
+    /// Why the last reload was refused (None after a good one): systemd's
+    /// STATUS line says so until the next good reload.
+    pub refused: watch::Sender<Option<String>>,
 }
 
 /// SIGHUP: re-read the config and the licenses; sessions stay. The new
-/// config is published, so the cloud loops pick up a changed `[cloud]` at once.
+/// config is published, so the cloud loops pick up a changed `[cloud]` at
+/// once. Speaks systemd's reload protocol: `RELOADING=1` with
+/// `MONOTONIC_USEC=`, then `READY=1` with a STATUS line that says whether
+/// the reload was taken or refused (a refused one keeps the running config;
+/// systemd has no way yet to fail a reload job from the service's side).
 pub async fn reloader(
     path: PathBuf,
     shared: Arc<Shared>,
@@ -140,33 +149,71 @@ pub async fn reloader(
         .flatten()
         .is_some()
     {
-        sys::systemd::notify("RELOADING=1");
+        sys::systemd::notify(&sys::systemd::reloading_message());
         // The reload reads the state directory: first make sure it holds
         // what is in force (a bundle the cloud just sent may not be written).
         shared.persist.flush().await;
         // File reads, user lookups: off the single runtime thread.
         let (p, s) = (path.clone(), shared.clone());
-        match tokio::task::spawn_blocking(move || reload(&p, &s)).await {
-            Ok(Some((config, policy))) => {
+        let refused = match tokio::task::spawn_blocking(move || reload(&p, &s)).await {
+            Ok(Ok((config, policy))) => {
                 publish.policy.send_replace(Arc::new(policy));
                 publish.config.send_replace(Arc::new(config));
                 tracing::info!("config and licenses reloaded; sessions kept");
+                None
             }
-            Ok(None) => {}
+            Ok(Err(why)) => Some(why),
             Err(e) => {
-                tracing::error!(error = %e, "the reload did not finish; the running config stays")
+                tracing::error!(error = %e, "the reload did not finish; the running config stays");
+                Some("the reload did not finish".to_string())
             }
-        }
-        sys::systemd::notify("READY=1");
+        };
+        publish.refused.send_replace(refused.clone());
+        let line = summary_line(&shared, refused.as_deref());
+        sys::systemd::notify(&format!("READY=1\nSTATUS={line}"));
     }
 }
 
-fn reload(path: &std::path::Path, shared: &Shared) -> Option<(Config, Policy)> {
+/// The STATUS line for the state as it is now.
+pub fn summary_line(shared: &Shared, reload_refused: Option<&str>) -> String {
+    let state = shared.peek();
+    Summary {
+        cap: state.cap(Utc::now(), Instant::now()),
+        in_use: state.seats.in_use(),
+        cloud: state.cloud.as_ref(),
+        reload_refused,
+    }
+    .line()
+}
+
+/// Keeps systemd's STATUS line (`systemctl status`) current: looks once a
+/// second and sends it when it changed, so at most once a second.
+pub async fn systemd_status(
+    shared: Arc<Shared>,
+    mut sent: String,
+    refused: watch::Receiver<Option<String>>,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while cancel.run_until_cancelled(tick.tick()).await.is_some() {
+        let line = summary_line(&shared, refused.borrow().as_deref());
+        if line != sent {
+            sys::systemd::notify(&format!("STATUS={line}"));
+            sent = line;
+        }
+    }
+}
+
+fn reload(path: &std::path::Path, shared: &Shared) -> Result<(Config, Policy), String> {
     let new = match config::load(path) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("reload refused, keeping the running config: {e}");
-            return None;
+            // The first line names the file and counts the problems; the
+            // journal has them all.
+            let first = e.to_string().lines().next().unwrap_or_default().to_string();
+            return Err(format!("{first} (see the journal)"));
         }
     };
     let current = shared.config();
@@ -190,5 +237,5 @@ fn reload(path: &std::path::Path, shared: &Shared) -> Option<(Config, Policy)> {
     shared.lock().licenses.replace(lic);
     shared.persist.ring();
     let policy = policy(&new);
-    Some((new, policy))
+    Ok((new, policy))
 }

@@ -67,15 +67,42 @@ pub enum BundleError {
     Key(String),
 }
 
-/// Parses a base64 Ed25519 public key (32 bytes), as written in the config.
+/// What `bundle keygen` writes in front of each key, so one kind can never
+/// be taken for the other (both are 32 bytes of base64).
+pub const SECRET_PREFIX: &str = "seatgate-ed25519-secret-v1:";
+pub const PUBLIC_PREFIX: &str = "seatgate-ed25519-public-v1:";
+
+/// Parses an Ed25519 public key (32 bytes of base64), as written in the
+/// config or a `.pub` file: bare, or after `PUBLIC_PREFIX`. A secret key
+/// (its prefix) is refused: it must never be pasted where keys are shared.
 pub fn parse_public_key(text: &str) -> Result<VerifyingKey, BundleError> {
-    let bytes = decode_32(text)?;
+    let text = text.trim();
+    if text.starts_with(SECRET_PREFIX) {
+        return Err(BundleError::Key(
+            "this is a SECRET key (seatgate-ed25519-secret-v1:); give the public key (the .pub file keygen wrote), and keep the secret one off the gateway".into(),
+        ));
+    }
+    let bytes = decode_32(text.strip_prefix(PUBLIC_PREFIX).unwrap_or(text))?;
     VerifyingKey::from_bytes(&bytes).map_err(|e| BundleError::Key(e.to_string()))
 }
 
-/// Parses a base64 Ed25519 secret key (the 32-byte seed), as written by keygen.
+/// Parses an Ed25519 secret key (the 32-byte seed as base64), bare or after
+/// `SECRET_PREFIX`. A public key (its prefix) is refused.
 pub fn parse_secret_key(text: &str) -> Result<SigningKey, BundleError> {
-    Ok(SigningKey::from_bytes(&decode_32(text)?))
+    let text = text.trim();
+    if text.starts_with(PUBLIC_PREFIX) {
+        return Err(BundleError::Key(
+            "this is a PUBLIC key (seatgate-ed25519-public-v1:), which cannot sign; give the secret key (the .key file keygen wrote beside it)".into(),
+        ));
+    }
+    let bytes = decode_32(text.strip_prefix(SECRET_PREFIX).unwrap_or(text))?;
+    Ok(SigningKey::from_bytes(&bytes))
+}
+
+/// Whether key text carries a kind prefix (files from before it have none).
+pub fn is_typed_key(text: &str) -> bool {
+    let text = text.trim();
+    text.starts_with(SECRET_PREFIX) || text.starts_with(PUBLIC_PREFIX)
 }
 
 fn decode_32(text: &str) -> Result<[u8; 32], BundleError> {
@@ -87,12 +114,24 @@ fn decode_32(text: &str) -> Result<[u8; 32], BundleError> {
         .map_err(|b: Vec<u8>| BundleError::Key(format!("{} bytes, expected 32", b.len())))
 }
 
+/// Bare base64, as `trusted_keys` in the config holds it.
 pub fn encode_public_key(key: &VerifyingKey) -> String {
     B64.encode(key.as_bytes())
 }
 
+/// Bare base64 (the dev cloud's own key file).
 pub fn encode_secret_key(key: &SigningKey) -> String {
     B64.encode(key.to_bytes())
+}
+
+/// A `.pub` file's text: the key after its kind.
+pub fn public_key_file(key: &VerifyingKey) -> String {
+    format!("{PUBLIC_PREFIX}{}", encode_public_key(key))
+}
+
+/// A `.key` file's text: the seed after its kind.
+pub fn secret_key_file(key: &SigningKey) -> String {
+    format!("{SECRET_PREFIX}{}", encode_secret_key(key))
 }
 
 pub fn sign(bundle: &Bundle, key: &SigningKey) -> Signed {
@@ -258,6 +297,16 @@ mod tests {
         assert_eq!(secret.to_bytes(), k.to_bytes());
         let err = parse_public_key("AAAA").unwrap_err().to_string();
         assert!(err.contains("3 bytes, expected 32"), "{err}");
+        // Typed files: each kind reads as itself, never as the other.
+        let (pubf, keyf) = (public_key_file(&k.verifying_key()), secret_key_file(&k));
+        assert_eq!(parse_public_key(&pubf).unwrap(), k.verifying_key());
+        assert_eq!(parse_secret_key(&keyf).unwrap().to_bytes(), k.to_bytes());
+        let err = parse_secret_key(&pubf).unwrap_err().to_string();
+        assert!(err.contains("PUBLIC key"), "{err}");
+        let err = parse_public_key(&keyf).unwrap_err().to_string();
+        assert!(err.contains("SECRET key"), "{err}");
+        assert!(is_typed_key(&pubf) && is_typed_key(&keyf));
+        assert!(!is_typed_key(&encode_public_key(&k.verifying_key())));
     }
 
     #[test]

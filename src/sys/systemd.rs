@@ -21,6 +21,22 @@ pub fn notify(state: &str) {
     }
 }
 
+/// Whether systemd listens for notify messages (Type=notify).
+pub fn notify_socket_set() -> bool {
+    std::env::var_os("NOTIFY_SOCKET").is_some()
+}
+
+/// The message that starts a reload: `RELOADING=1` with the monotonic
+/// time it was sent (`MONOTONIC_USEC=`, sd_notify(3)), which systemd
+/// (Type=notify-reload) needs to tell this reload from an earlier one.
+pub fn reloading_message() -> String {
+    use nix::time::{clock_gettime, ClockId};
+    let usec = clock_gettime(ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1_000)
+        .unwrap_or(0);
+    format!("RELOADING=1\nMONOTONIC_USEC={usec}")
+}
+
 /// How often to ping the systemd watchdog (half its timeout), if it is on
 /// for this process.
 pub fn watchdog_interval() -> Option<std::time::Duration> {
