@@ -244,7 +244,8 @@ impl Shared {
                     let started = Instant::now();
                     let status = self.peek().status(Utc::now(), Instant::now());
                     let json = serde_json::to_vec(&status).expect("a status always serialises");
-                    self.status_cache.finish(version, started, &json, done);
+                    let made = (started, Instant::now());
+                    self.status_cache.finish(version, made, &json, done);
                 });
                 Bytes::Pending(pending)
             }

@@ -79,12 +79,13 @@ impl StatusCache {
         Lookup::Render(done)
     }
 
-    /// Takes a finished rendering (`json`, the status alone, begun at
-    /// `started` for `version`) and hands its answer line to its readers.
+    /// Takes a finished rendering (`json`, the status alone, made from
+    /// `started` to `finished` for `version`) and hands its answer line to
+    /// its readers.
     pub fn finish(
         &self,
         version: u64,
-        started: Instant,
+        (started, finished): (Instant, Instant),
         json: &[u8],
         done: watch::Sender<Option<Arc<[u8]>>>,
     ) {
@@ -93,7 +94,7 @@ impl StatusCache {
         line.extend_from_slice(b"}\n");
         let bytes: Arc<[u8]> = line.into();
         let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        r.cost = started.elapsed();
+        r.cost = finished.saturating_duration_since(started);
         r.alive.push(Arc::downgrade(&bytes));
         if r.latest.as_ref().is_none_or(|(v, _, _)| *v <= version) {
             r.latest = Some((version, started, bytes.clone()));
@@ -114,7 +115,7 @@ mod tests {
         match cache.lookup(version, at) {
             Lookup::Render(done) => {
                 let rx = done.subscribe();
-                cache.finish(version, at, json, done);
+                cache.finish(version, (at, at), json, done);
                 let bytes = rx.borrow().clone().unwrap();
                 bytes
             }
@@ -143,7 +144,28 @@ mod tests {
         let Lookup::Rendering(pending) = cache.lookup(3, t0) else {
             panic!("the one under way is shared")
         };
-        cache.finish(3, t0, b"3", done);
+        cache.finish(3, (t0, t0), b"3", done);
         assert!(pending.borrow().is_some());
+    }
+
+    #[test]
+    fn a_costly_rendering_is_not_redone_before_ten_times_its_cost() {
+        let cache = StatusCache::default();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let Lookup::Render(done) = cache.lookup(1, t0) else {
+            panic!("a render is due")
+        };
+        cache.finish(1, (t0, t0 + ms(5)), b"1", done);
+        assert!(matches!(cache.lookup(2, t0 + ms(49)), Lookup::Ready(_)));
+        assert!(matches!(cache.lookup(2, t0 + ms(51)), Lookup::Render(_)));
+        // A cheap one is redone at once for a new version.
+        let cheap = StatusCache::default();
+        let Lookup::Render(done) = cheap.lookup(1, t0) else {
+            panic!("a render is due")
+        };
+        cheap.finish(1, (t0, t0 + Duration::from_micros(50)), b"1", done);
+        assert!(matches!(cheap.lookup(1, t0 + ms(1)), Lookup::Ready(_)));
+        assert!(matches!(cheap.lookup(2, t0 + ms(1)), Lookup::Render(_)));
     }
 }
