@@ -89,7 +89,8 @@ pub trait Service: Send + Sync + 'static {
 /// Connection limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Slots for peers that may admit and release (VPN server hooks).
+    /// Slots for peers that may admit and release (VPN server hooks); one
+    /// uid holds at most three quarters of them.
     pub hooks: usize,
     /// Slots shared by every other peer (operators, status readers, strangers).
     pub others: usize,
@@ -141,10 +142,10 @@ impl Budget {
     }
 }
 
-/// Slots by class, taken without waiting.
-struct Slots {
-    hooks: Arc<Semaphore>,
-    others: Arc<Semaphore>,
+/// The connection slots of one class of peers, with a cap per uid, taken
+/// without waiting.
+struct Class {
+    slots: Arc<Semaphore>,
     by_uid: Mutex<HashMap<u32, usize>>,
     per_uid: usize,
 }
@@ -152,42 +153,43 @@ struct Slots {
 /// A slot held for one connection; frees itself when dropped.
 struct Slot {
     _permit: OwnedSemaphorePermit,
-    uid: Option<(Arc<Slots>, u32)>,
+    class: Arc<Class>,
+    uid: u32,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Some((slots, uid)) = &self.uid {
-            let mut by_uid = slots.by_uid.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = by_uid.get_mut(uid) {
-                *n -= 1;
-                if *n == 0 {
-                    by_uid.remove(uid);
-                }
+        let mut by_uid = self.class.by_uid.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = by_uid.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                by_uid.remove(&self.uid);
             }
         }
     }
 }
 
-impl Slots {
-    fn take(self: &Arc<Self>, peer: &Peer, rights: Rights) -> Option<Slot> {
-        if rights.seats {
-            let permit = self.hooks.clone().try_acquire_owned().ok()?;
-            return Some(Slot {
-                _permit: permit,
-                uid: None,
-            });
-        }
+impl Class {
+    fn new(slots: usize, per_uid: usize) -> Arc<Class> {
+        Arc::new(Class {
+            slots: Arc::new(Semaphore::new(slots)),
+            by_uid: Mutex::new(HashMap::new()),
+            per_uid: per_uid.max(1),
+        })
+    }
+
+    fn take(self: &Arc<Self>, uid: u32) -> Option<Slot> {
         let mut by_uid = self.by_uid.lock().unwrap_or_else(|p| p.into_inner());
-        let held = by_uid.entry(peer.uid).or_default();
+        let held = by_uid.entry(uid).or_default();
         if *held >= self.per_uid {
             return None;
         }
-        let permit = self.others.clone().try_acquire_owned().ok()?;
+        let permit = self.slots.clone().try_acquire_owned().ok()?;
         *held += 1;
         Some(Slot {
             _permit: permit,
-            uid: Some((self.clone(), peer.uid)),
+            class: self.clone(),
+            uid,
         })
     }
 }
@@ -201,12 +203,10 @@ pub async fn serve<S: Service>(
     tracker: TaskTracker,
 ) {
     let budget = Arc::new(Budget::new(limits.shared_bytes_per_sec));
-    let slots = Arc::new(Slots {
-        hooks: Arc::new(Semaphore::new(limits.hooks)),
-        others: Arc::new(Semaphore::new(limits.others)),
-        by_uid: Mutex::new(HashMap::new()),
-        per_uid: limits.per_uid,
-    });
+    // Hooks: a quarter of their slots stays free for other VPN-server
+    // users than the busiest one. Everyone else: a small pool, a few each.
+    let hooks = Class::new(limits.hooks, limits.hooks - limits.hooks / 4);
+    let others = Class::new(limits.others, limits.per_uid);
     loop {
         let stream = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -225,7 +225,8 @@ pub async fn serve<S: Service>(
             continue;
         };
         let rights = service.rights(&peer);
-        let Some(slot) = slots.take(&peer, rights) else {
+        let class = if rights.seats { &hooks } else { &others };
+        let Some(slot) = class.take(peer.uid) else {
             refuse_busy(stream);
             continue;
         };
