@@ -27,18 +27,22 @@
 //!    stale-session rule: pure), `fetch` (asking them), `task` (the loop,
 //!    through its narrow `Sessions` view of the gateway).
 //! 10. `cloud/`: `wire` (the contract), `policy` (schedule, status: pure),
-//!    `client` (HTTPS, mTLS), `sync` and `pools` (the loops, through the
-//!    narrow `Gateway` view).
+//!     `client` (HTTPS, mTLS), `sync` and `pools` (the loops, through the
+//!     narrow `Gateway` view).
 //! 11. `status`: the daemon's status (pure) and its text form.
-//! 12. `daemon/`: `seatgate run`, the wiring: `state` (everything behind one
+//! 12. `check`: `seatgate check`, a status judged as a monitoring plugin. Pure.
+//! 13. `daemon/`: `seatgate run`, the wiring: `state` (everything behind one
 //!     lock), `service` (requests to answers: the one place results meet the
 //!     wire), `gateway` (the views for cloud and reconcile), `persist` (the
-//!     one writer of the state directory), `tasks` (reaper, ticker,
-//!     watchdog, SIGHUP reload; config on a watch channel).
-//! 13. `logging`, `cli`: the command line; `main.rs` only calls it.
+//!     one writer of the state directory), `alerting` (usage alerts and
+//!     license warnings in the log), `denials` (the last ones, counted),
+//!     `tasks` (reaper, ticker, watchdog, SIGHUP reload; config on a watch
+//!     channel).
+//! 14. `logging`, `cli`: the command line; `main.rs` only calls it.
 
 pub mod admission;
 pub mod alerts;
+pub mod check;
 pub mod cli;
 pub mod cloud;
 pub mod config;

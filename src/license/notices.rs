@@ -1,6 +1,6 @@
 //! License warnings: a VPN license expiring within 60, 30 or 3 days, and a
-//! drop of the seat cap coming within as many days (a license expiring,
-//! the bundle running out). Each carries a key naming it and its threshold,
+//! drop of the seat cap coming within as many days (licenses expiring; not
+//! the bundle's `not_after`, which the cloud keeps renewing). Each carries a key naming it and its threshold,
 //! so the daemon can say it once per threshold and remember it across
 //! restarts. Pure: the instant is an argument.
 
@@ -83,13 +83,14 @@ pub fn notices(ent: &Entitlement, now: DateTime<Utc>) -> Vec<Notice> {
         if step.cap >= from {
             continue;
         }
+        // The bundle running out is no warning of its own: the cloud
+        // renews it days ahead (a new `not_after` each time), and a sync
+        // failing long enough to matter raises the cloud's alarm.
+        if ent.not_after == Some(step.at) {
+            continue;
+        }
         let Some(d) = threshold(step.at - now) else {
             break;
-        };
-        let why = if ent.not_after == Some(step.at) {
-            " (the license bundle runs out; the cloud sync renews it)"
-        } else {
-            ""
         };
         out.push(Notice {
             kind: NoticeKind::CapDrop,
@@ -100,7 +101,7 @@ pub fn notices(ent: &Entitlement, now: DateTime<Utc>) -> Vec<Notice> {
             cap_from: Some(from),
             cap_to: Some(step.cap),
             message: format!(
-                "the seat cap drops from {from} to {} at {} (within {d} days){why}",
+                "the seat cap drops from {from} to {} at {} (within {d} days)",
                 step.cap,
                 day(step.at)
             ),
@@ -157,14 +158,19 @@ mod tests {
     }
 
     #[test]
-    fn the_bundle_running_out_is_a_cap_drop() {
+    fn the_bundle_running_out_is_no_cap_drop_warning() {
+        // The cloud renews bundles days ahead; its alarm covers a failing sync.
         let n = notices(
             &ent(Some("2026-06-20T00:00:00Z")),
             t("2026-06-01T00:00:00Z"),
         );
-        assert_eq!(n.len(), 1);
-        assert_eq!((n[0].cap_from, n[0].cap_to), (Some(32), Some(2)));
-        assert_eq!(n[0].within_days, 30);
-        assert!(n[0].message.contains("bundle runs out"));
+        assert!(n.is_empty(), "{n:?}");
+        // A license expiring before the bundle runs out still is one.
+        let n = notices(
+            &ent(Some("2027-01-20T00:00:00Z")),
+            t("2027-01-01T00:00:00Z"),
+        );
+        assert_eq!(n.len(), 2, "{n:?}");
+        assert_eq!((n[1].cap_from, n[1].cap_to), (Some(32), Some(12)));
     }
 }

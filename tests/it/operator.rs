@@ -194,3 +194,69 @@ fn license_warnings_are_logged_once_per_threshold_even_across_a_restart() {
     let log = stop(d);
     assert!(lines(&log, "license warning:").is_empty(), "{log}");
 }
+
+/// `seatgate check` against this gateway: (exit code, its one line).
+fn check(gw: &Gateway, args: &[&str]) -> (i32, String) {
+    let mut all = vec!["check"];
+    all.extend_from_slice(args);
+    let out = gw.cli(&all);
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(line.lines().count(), 1, "one line: {line:?}");
+    (out.status.code().unwrap(), line.trim_end().to_string())
+}
+
+#[test]
+fn check_exits_ok_warning_critical_and_unknown() {
+    let gw = Gateway::new(8); // cap 10: WARNING from 8, CRITICAL from 9
+    let d = gw.start();
+    let fs = FakeServer::start(&d.socket);
+    let (code, line) = check(&gw, &[]);
+    assert_eq!(
+        (code, line.as_str()),
+        (
+            0,
+            "SEATGATE OK - 0 of 10 seats in use | in_use=0;8;9;0;10 cap=10;;;0 denials=0c alert_level=0;;;0;100 lost=0"
+        )
+    );
+    for i in 1..=8 {
+        assert!(admitted(&fs.try_call(&fs.admit(&format!("K{i}"))).unwrap()));
+    }
+    let (code, line) = check(&gw, &[]);
+    assert_eq!(code, 1, "{line}");
+    assert!(
+        line.starts_with(
+            "SEATGATE WARNING - 8 of 10 seats in use (at or above 80 %) | in_use=8;8;9;0;10"
+        ),
+        "{line}"
+    );
+    // Limits from flags instead of [alerts].
+    assert_eq!(check(&gw, &["-w", "90", "-c", "100"]).0, 0);
+    assert!(admitted(&fs.try_call(&fs.admit("K9")).unwrap()));
+    let (code, line) = check(&gw, &[]);
+    assert_eq!(code, 2, "{line}");
+    assert!(line.starts_with("SEATGATE CRITICAL - 9 of 10"), "{line}");
+
+    // Usage errors are UNKNOWN, as plugins do.
+    assert_eq!(gw.cli(&["check", "-w", "200"]).status.code(), Some(3));
+    // An answer the check cannot read: UNKNOWN.
+    let garbled = gw.path("garbled.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&garbled).unwrap();
+    let server = std::thread::spawn(move || {
+        use std::io::Write;
+        let (mut s, _) = listener.accept().unwrap();
+        s.write_all(b"hello\n").unwrap();
+    });
+    let (code, line) = check(&gw, &["--socket", garbled.to_str().unwrap()]);
+    server.join().unwrap();
+    assert_eq!(code, 3, "{line}");
+    assert!(line.starts_with("SEATGATE UNKNOWN - "), "{line}");
+
+    // The daemon gone: CRITICAL (hooks now reject every connection).
+    stop(d);
+    let (code, line) = check(&gw, &[]);
+    assert_eq!(code, 2, "{line}");
+    assert!(
+        line.starts_with("SEATGATE CRITICAL - the daemon does not answer: cannot connect"),
+        "{line}"
+    );
+}
