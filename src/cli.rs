@@ -64,6 +64,22 @@ enum Command {
         #[arg(long)]
         lost: bool,
     },
+    /// Monitoring plugin (Nagios, Icinga): one line with perfdata; exit 0
+    /// OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+    Check {
+        /// Config file, for the socket path [default: $SEATGATE_CONFIG or /etc/seatgate/seatgate.toml]
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Socket path [default: $SEATGATE_SOCKET, else the config's, else /run/seatgate/seatgate.sock]
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// WARNING at this percentage of the cap in use [default: the first [alerts] threshold]
+        #[arg(short = 'w', long, value_name = "PCT", value_parser = clap::value_parser!(u8).range(0..=100))]
+        warning: Option<u8>,
+        /// CRITICAL at this percentage of the cap in use [default: the second [alerts] threshold, else 100]
+        #[arg(short = 'c', long, value_name = "PCT", value_parser = clap::value_parser!(u8).range(0..=100))]
+        critical: Option<u8>,
+    },
     /// The VPN server's hook: exit 0 admits, 1 rejects.
     #[command(subcommand)]
     Hook(HookCmd),
@@ -217,8 +233,10 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
+            // A monitoring plugin's usage errors are UNKNOWN (3).
+            let plugin = std::env::args().nth(1).as_deref() == Some("check");
             return if e.use_stderr() {
-                ExitCode::from(2)
+                ExitCode::from(if plugin { 3 } else { 2 })
             } else {
                 ExitCode::SUCCESS
             };
@@ -251,6 +269,19 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             Ok(hook::run(name, action, &settings, &warnings))
         }
         Command::CheckConfig(c) => check_config(c.config.as_deref()),
+        Command::Check {
+            config,
+            socket,
+            warning,
+            critical,
+        } => {
+            let target = SocketArg {
+                config: ConfigArg { config },
+                socket,
+            };
+            let limits = crate::check::Limits { warning, critical };
+            check(&target.path(), limits)
+        }
         Command::Licenses { config, at, json } => licenses(config.config.as_deref(), at, json),
         Command::Bundle(cmd) => bundle_cmd(cmd),
     }
@@ -301,6 +332,31 @@ fn status(socket: &Path, json: bool) -> Result<ExitCode> {
         other => bail!("{}: unexpected answer {other:?}", socket.display()),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `seatgate check`: never an error exit of its own; every failure is
+/// one of the plugin states (crate::check).
+fn check(socket: &Path, limits: crate::check::Limits) -> Result<ExitCode> {
+    use crate::check;
+    let verdict = match client::call(socket, &Request::Status, OPERATOR_TIMEOUT) {
+        Err(e) => check::unreachable(&e),
+        Ok(Response::Status(s)) => match serde_json::from_value(s.status) {
+            Ok(status) => check::judge(&status, limits),
+            Err(e) => check::unknown(&format!(
+                "{}: cannot read the status answer (a different seatgate version?): {e}",
+                socket.display()
+            )),
+        },
+        Ok(Response::Error(e)) => {
+            check::unknown(&format!("{}: {}", socket.display(), e.error.message))
+        }
+        Ok(other) => check::unknown(&format!(
+            "{}: unexpected answer {other:?}",
+            socket.display()
+        )),
+    };
+    outln!("{}", verdict.line);
+    Ok(ExitCode::from(verdict.state as u8))
 }
 
 fn evict(socket: &Path, key: Option<String>) -> Result<ExitCode> {

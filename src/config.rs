@@ -7,6 +7,7 @@ use std::time::Duration;
 use ed25519_dalek::VerifyingKey;
 use serde::Deserialize;
 
+use crate::alerts::{self, Thresholds};
 use crate::license::bundle::parse_public_key;
 
 mod keys;
@@ -33,6 +34,15 @@ struct RawConfig {
     #[serde(default)]
     reconcile: Vec<RawReconcile>,
     cloud: Option<RawCloud>,
+    #[serde(default)]
+    alerts: RawAlerts,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlerts {
+    thresholds: Option<Vec<i64>>,
+    hysteresis: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -116,6 +126,8 @@ pub struct Config {
     pub reconcile: Vec<Reconcile>,
     /// Cloud sync; `None` when the config has no `[cloud]` section.
     pub cloud: Option<Cloud>,
+    /// Usage alert thresholds (`[alerts]`).
+    pub alerts: Thresholds,
 }
 
 pub const DEFAULT_OCCTL: &str = "/usr/bin/occtl";
@@ -325,6 +337,20 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<Problem>> {
     let cloud = raw
         .cloud
         .and_then(|c| parse_cloud(&mut problems, c, &resolve, trusted_keys.is_empty()));
+    let alerts = match alerts::validate(
+        &raw.alerts
+            .thresholds
+            .unwrap_or_else(|| alerts::DEFAULT_THRESHOLDS.map(i64::from).to_vec()),
+        raw.alerts
+            .hysteresis
+            .unwrap_or(i64::from(alerts::DEFAULT_HYSTERESIS)),
+    ) {
+        Ok(a) => a,
+        Err((key, message)) => {
+            problems.push(problem(key, message));
+            Thresholds::default()
+        }
+    };
     let config = Config {
         device,
         builtin_seats: raw.builtin_seats.unwrap_or(2),
@@ -357,6 +383,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<Problem>> {
         },
         reconcile,
         cloud,
+        alerts,
     };
     // A key of the wrong type was reported as such (the first problems):
     // not again as missing.
@@ -749,6 +776,33 @@ mod tests {
         assert_eq!(c.admission.socket_mode, 0o660);
         assert_eq!(c.admission.over_cap, OverCap::Drain);
         assert_eq!(c.admission.idle_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn alerts_default_and_are_validated() {
+        let c = parse("device = \"D\"", Path::new("/")).unwrap();
+        assert_eq!(c.alerts, Thresholds::default());
+        let c = parse(
+            "device = \"D\"\n[alerts]\nthresholds = [50, 75]\nhysteresis = 0\n",
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(c.alerts.thresholds, [50, 75]);
+        assert_eq!(c.alerts.hysteresis, 0);
+        for (text, key) in [
+            ("thresholds = []", "alerts.thresholds"),
+            ("thresholds = [90, 80]", "alerts.thresholds"),
+            ("thresholds = [80, 120]", "alerts.thresholds"),
+            ("hysteresis = 60", "alerts.hysteresis"),
+        ] {
+            let problems = parse(
+                &format!("device = \"D\"\n[alerts]\n{text}\n"),
+                Path::new("/"),
+            )
+            .unwrap_err();
+            assert_eq!(problems.len(), 1, "{text}: {problems:?}");
+            assert_eq!(problems[0].key, key, "{text}");
+        }
     }
 
     #[test]

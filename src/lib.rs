@@ -13,30 +13,36 @@
 //!    bundles), `lease` (slice leases of shared pools), `time` (the trusted
 //!    clock), `in_force` (the licenses in force and how a bundle replaces
 //!    them), `report` (`seatgate licenses`): pure; `disk`: their files.
-//! 5. `config`: TOML parsed and validated into typed values, host checks.
-//! 6. `admission/`: seat admission. `protocol` (bytes <-> requests, no I/O)
+//! 5. `alerts`: usage alert levels from thresholds with hysteresis. Pure.
+//! 6. `config`: TOML parsed and validated into typed values, host checks.
+//! 7. `admission/`: seat admission. `protocol` (bytes <-> requests, no I/O)
 //!    and its blocking `client`, `table` (sessions, pure), `snapshot` (its
 //!    file format, pure), `journal` (crash-safe persistence), `lock` (one
 //!    daemon per runtime directory), `seats` (the core: decides against a
 //!    cap it is given and returns what happened), `access` (peer rights,
 //!    pure), `server` (the socket: slots, framing; asks a `Service`).
-//! 7. `hook/`: VPN server adapters (`openvpn`, `ocserv`): environment to
+//! 8. `hook/`: VPN server adapters (`openvpn`, `ocserv`): environment to
 //!    request (pure), the blocking hook run.
-//! 8. `reconcile/`: the VPN servers' own session lists (parsing and the
+//! 9. `reconcile/`: the VPN servers' own session lists (parsing and the
 //!    stale-session rule: pure), `fetch` (asking them), `task` (the loop,
 //!    through its narrow `Sessions` view of the gateway).
-//! 9. `cloud/`: `wire` (the contract), `policy` (schedule, status: pure),
-//!    `client` (HTTPS, mTLS), `sync` and `pools` (the loops, through the
-//!    narrow `Gateway` view).
-//! 10. `status`: the daemon's status (pure) and its text form.
-//! 11. `daemon/`: `seatgate run`, the wiring: `state` (everything behind one
+//! 10. `cloud/`: `wire` (the contract), `policy` (schedule, status: pure),
+//!     `client` (HTTPS, mTLS), `sync` and `pools` (the loops, through the
+//!     narrow `Gateway` view).
+//! 11. `status`: the daemon's status (pure) and its text form.
+//! 12. `check`: `seatgate check`, a status judged as a monitoring plugin. Pure.
+//! 13. `daemon/`: `seatgate run`, the wiring: `state` (everything behind one
 //!     lock), `service` (requests to answers: the one place results meet the
 //!     wire), `gateway` (the views for cloud and reconcile), `persist` (the
-//!     one writer of the state directory), `tasks` (reaper, ticker,
-//!     watchdog, SIGHUP reload; config on a watch channel).
-//! 12. `logging`, `cli`: the command line; `main.rs` only calls it.
+//!     one writer of the state directory), `alerting` (usage alerts and
+//!     license warnings in the log), `denials` (the last ones, counted),
+//!     `tasks` (reaper, ticker, watchdog, SIGHUP reload; config on a watch
+//!     channel).
+//! 14. `logging`, `cli`: the command line; `main.rs` only calls it.
 
 pub mod admission;
+pub mod alerts;
+pub mod check;
 pub mod cli;
 pub mod cloud;
 pub mod config;

@@ -8,9 +8,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::admission::protocol::ServerKind;
 use crate::admission::table::Table;
+use crate::alerts::Thresholds;
 use crate::cloud::policy::{human, CloudStatus, Severity, StampSeen, SyncRecord};
 use crate::license::cap::describe_timeline;
 use crate::license::in_force::Licenses;
+use crate::license::notices::{notices, Notice};
 use crate::license::report::BundleInfo;
 use crate::license::{Cap, Rejected, Step};
 use crate::text::shown;
@@ -61,6 +63,50 @@ pub struct Status {
     /// unless another answer for it was delivered.
     #[serde(default)]
     pub unanswered: u64,
+    /// The usage alert level: the highest `[alerts]` threshold reached, in
+    /// percent of the cap (0: none). Held until usage is `hysteresis`
+    /// points below it.
+    #[serde(default)]
+    pub alert_level: u8,
+    /// The `[alerts]` settings the daemon runs with.
+    #[serde(default)]
+    pub alerts: Thresholds,
+    /// License warnings now: VPN licenses expiring and cap drops coming
+    /// within 60, 30 or 3 days.
+    #[serde(default)]
+    pub license_warnings: Vec<Notice>,
+    /// The last denials (up to `RECENT_DENIALS`), oldest first.
+    #[serde(default)]
+    pub recent_denials: Vec<Denial>,
+    /// Denials since the daemon started, by reason (the protocol's names).
+    #[serde(default)]
+    pub denials_by_reason: BTreeMap<String, u64>,
+    /// Denials per UTC day since the daemon started, by reason, oldest
+    /// first (up to 31 days).
+    #[serde(default)]
+    pub daily_denials: Vec<DayDenials>,
+}
+
+/// How many denials status keeps.
+pub const RECENT_DENIALS: usize = 50;
+/// How many days of denial counts status keeps.
+pub const DENIAL_DAYS: usize = 31;
+
+/// One denied admission, as the hook asked for it (untrusted text:
+/// rendered through `text::shown`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Denial {
+    pub at: DateTime<Utc>,
+    pub user: String,
+    pub remote: String,
+    /// The protocol's name of the reason (`cap_reached`, ...).
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DayDenials {
+    pub day: chrono::NaiveDate,
+    pub by_reason: BTreeMap<String, u64>,
 }
 
 /// How many rounds each background duty has finished: proof that the
@@ -239,7 +285,54 @@ impl Status {
             sessions,
             rounds: Rounds::default(),
             unanswered: 0,
+            alert_level: 0,
+            alerts: Thresholds::default(),
+            license_warnings: notices(&lic.entitlement, now),
+            recent_denials: Vec::new(),
+            denials_by_reason: BTreeMap::new(),
+            daily_denials: Vec::new(),
         }
+    }
+
+    /// The denial lines: counts by reason (since start, today) and the
+    /// last few denials, newest first.
+    fn render_denials(&self) -> String {
+        let counts = |m: &BTreeMap<String, u64>| {
+            m.iter()
+                .map(|(r, n)| format!("{r} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut out = String::new();
+        if self.denials_by_reason.is_empty() {
+            return out;
+        }
+        out.push_str(&format!(
+            "denials since start: {}\n",
+            counts(&self.denials_by_reason)
+        ));
+        let today = self.now.date_naive();
+        if let Some(d) = self.daily_denials.iter().find(|d| d.day == today) {
+            out.push_str(&format!("denials today: {}\n", counts(&d.by_reason)));
+        }
+        const SHOWN: usize = 10;
+        let more = self.recent_denials.len().saturating_sub(SHOWN);
+        let note = if more > 0 {
+            format!(", {more} more in --json")
+        } else {
+            String::new()
+        };
+        out.push_str(&format!("last denials (newest first{note}):\n"));
+        for d in self.recent_denials.iter().rev().take(SHOWN) {
+            out.push_str(&format!(
+                "  {}  {:<20} {:<18} {}\n",
+                d.at.format("%Y-%m-%d %H:%M:%S"),
+                shown(&d.user),
+                shown(&d.remote),
+                shown(&d.reason)
+            ));
+        }
+        out
     }
 
     pub fn render_text(&self) -> String {
@@ -259,6 +352,14 @@ impl Status {
             };
             out.push_str(&format!(
                 "** DEGRADED: {lost} seats held by sessions lost with a damaged session snapshot; held until [[reconcile]] accounts for them or `seatgate evict --lost` **\n"
+            ));
+        }
+        if self.alert_level > 0 {
+            out.push_str(&format!(
+                "** USAGE ALERT: at or above {} % of the cap ({} % now; ends {} points below) **\n",
+                self.alert_level,
+                crate::alerts::percent(self.in_use, self.cap_total),
+                self.alerts.hysteresis
             ));
         }
         if self.over_cap_by > 0 {
@@ -305,11 +406,15 @@ impl Status {
                 days.join(", ")
             ));
         }
+        out.push_str(&self.render_denials());
         for p in &self.pools {
             out.push_str(&render_pool(p, self.now));
         }
         if let Some(c) = &self.cloud {
             out.push_str(&render_cloud(c, self.now));
+        }
+        for n in &self.license_warnings {
+            out.push_str(&format!("license warning: {}\n", n.message));
         }
         for w in &self.warnings {
             out.push_str(&format!("warning: {w}\n"));

@@ -283,8 +283,3 @@ impl Seats {
         self.journal.compact(&self.table)
     }
 }
-
-/// The usage at which operators are warned: 90 % of the cap, rounded up.
-pub fn near_cap(cap: u32) -> u32 {
-    cap - cap / 10
-}

@@ -7,6 +7,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::license::notices::Notice;
+
 /// Version of the usage report body.
 pub const USAGE_FORMAT: u32 = 1;
 /// A bundle larger than this is refused before it is read in full: a few
@@ -76,6 +78,14 @@ pub struct UsageReport {
     pub denials: u64,
     /// Generation of the bundle in force, if any.
     pub generation: Option<u64>,
+    /// The usage alert level: the highest `[alerts]` threshold reached, in
+    /// percent of the cap (0: none). Absent from gateways before 0.2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert_level: Option<u8>,
+    /// The license warnings in force (expiries and cap drops within 60, 30
+    /// or 3 days). Absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub license_warnings: Vec<Notice>,
 }
 
 /// What an HTTP status on the bundle endpoint means to the gateway.

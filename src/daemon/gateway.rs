@@ -13,6 +13,7 @@ use crate::cloud::policy::SyncRecord;
 use crate::cloud::wire::{PoolReport, UsageReport, USAGE_FORMAT};
 use crate::cloud::{Gateway, Offered, Taken};
 use crate::license::bundle::{BundleError, Signed};
+use crate::license::notices::notices;
 use crate::license::time::{Correction, TOLERANCE};
 use crate::reconcile::task::Sessions;
 use crate::reconcile::Listing;
@@ -55,12 +56,18 @@ impl Gateway for Shared {
         let mut state = self.lock();
         let cap_before = state.cap(now, mono);
         let changed = state.licenses.offer(&rules, text, now, mono)?;
-        Ok(Offered {
+        let offered = Offered {
             changed,
             cap_before,
             cap_after: state.cap(now, mono),
             generation: state.licenses.bundle().map(|b| b.generation),
-        })
+        };
+        drop(state);
+        if changed {
+            super::alerting::usage(self);
+            super::alerting::licenses(self);
+        }
+        Ok(offered)
     }
 
     fn stamp(&self, at: DateTime<Utc>, sent: Instant) {
@@ -92,6 +99,11 @@ impl Gateway for Shared {
             peak_at: table.peak_at,
             denials: table.denials,
             generation: state.licenses.bundle().map(|b| b.generation),
+            alert_level: Some(state.alerts.level),
+            license_warnings: notices(
+                &state.licenses.entitlement,
+                state.licenses.now(system, mono),
+            ),
         }
     }
 
@@ -188,6 +200,9 @@ impl Sessions for Shared {
         for s in &freed {
             tracing::warn!(key = %s.key, user = %s.user, since = %s.since, source, in_use, "session is no longer in the VPN server's list; its seat is free again");
         }
+        if !freed.is_empty() {
+            super::alerting::usage(self);
+        }
         freed.len()
     }
 
@@ -205,6 +220,7 @@ pub fn release_server(shared: &Shared, server: ServerId) -> Vec<Session> {
     log_release_fault(fault);
     if !freed.is_empty() {
         tracing::warn!(pid = server.pid, kind = ?server.kind, freed = freed.len(), in_use, "VPN server process is gone; its seats are free again");
+        super::alerting::usage(shared);
     }
     freed
 }

@@ -8,8 +8,12 @@
 //! - `status_cache`: one status rendering shared by every reader;
 //! - `persist`: the one writer of the state directory;
 //! - `summary`: the STATUS line systemd shows;
+//! - `alerting`: usage alerts and license warnings in the log;
+//! - `denials`: the last denials and their counts, for status;
 //! - `tasks`: reaper, ticker, watchdog, STATUS updates, SIGHUP reload.
 
+mod alerting;
+mod denials;
 mod gateway;
 mod persist;
 mod service;
@@ -89,6 +93,13 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
             (LeaseBook::default(), None, vec![e.to_string()])
         }
     };
+    let said = match disk::load_said(&config.state_dir) {
+        Ok(said) => said,
+        Err(e) => {
+            tracing::warn!("{e}");
+            Default::default()
+        }
+    };
     file_warnings.shrink_to_fit();
     let state = State {
         lost_by_source: Default::default(),
@@ -101,12 +112,18 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
         file_warnings,
         denials_reported: 0,
         rounds: Rounds::default(),
+        alerts: Default::default(),
+        alert_thresholds: config.alerts.clone(),
+        denial_log: Default::default(),
+        said,
     };
     let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
     let (policy_tx, policy_rx) = watch::channel(Arc::new(tasks::policy(&config)));
     let (doorbell, writer) = persist::doorbell(pools_on_disk);
     let shared = Arc::new(Shared::new(state, config_rx, policy_rx, doorbell));
     tasks::reap(&shared);
+    alerting::usage(&shared);
+    alerting::licenses(&shared);
 
     let (listener, bound) = listen(&config)?;
     let cancel = CancellationToken::new();

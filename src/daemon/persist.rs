@@ -1,9 +1,11 @@
 //! The one writer of the state directory: rung whenever something it keeps
-//! changed (a bundle accepted, leases taken, the clock moved on), it takes
+//! changed (a bundle accepted, leases taken, the clock moved on, license
+//! warnings said), it takes
 //! the state as it is when its turn comes (the latest state wins) and
 //! writes what differs from what it wrote last, off the runtime thread.
 //! A failure is logged once and shown in status; it never costs a seat.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -35,6 +37,8 @@ pub struct Writer {
 struct OnDisk {
     bundle: Option<Signed>,
     pools: Option<Remembered>,
+    /// The license warnings said (`notices.json`).
+    said: Option<BTreeSet<String>>,
 }
 
 /// What is to be written, taken from the state under its lock.
@@ -43,6 +47,7 @@ struct Wanted {
     bundle: Option<Signed>,
     clock: ClockState,
     pools: Remembered,
+    said: BTreeSet<String>,
 }
 
 pub fn doorbell(pools_on_disk: Option<Remembered>) -> (Doorbell, Writer) {
@@ -59,6 +64,7 @@ pub fn doorbell(pools_on_disk: Option<Remembered>) -> (Doorbell, Writer) {
             on_disk: OnDisk {
                 bundle: None,
                 pools: pools_on_disk,
+                said: None,
             },
         },
     )
@@ -121,6 +127,7 @@ fn write(shared: &Shared, mut on_disk: OnDisk) -> OnDisk {
                 .licenses
                 .observe(Utc::now(), std::time::Instant::now()),
             pools: state.leases.remembered(),
+            said: state.said.clone(),
         }
     };
     let mut warnings = Vec::new();
@@ -143,6 +150,15 @@ fn write(shared: &Shared, mut on_disk: OnDisk) -> OnDisk {
         match disk::write_pools(&wanted.dir, &wanted.pools) {
             Ok(()) => on_disk.pools = Some(wanted.pools),
             Err(e) => warnings.push(e.to_string()),
+        }
+    }
+    if on_disk.said.as_ref() != Some(&wanted.said) {
+        match disk::write_said(&wanted.dir, &wanted.said) {
+            Ok(()) => on_disk.said = Some(wanted.said),
+            Err(e) => warnings.push(format!(
+                "cannot write {}: {e}; license warnings logged may be logged again after a restart",
+                wanted.dir.join(disk::NOTICES_FILE).display()
+            )),
         }
     }
     let mut state = shared.lock();

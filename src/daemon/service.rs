@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use chrono::Utc;
 
+use super::alerting;
 use super::gateway::log_release_fault;
 use super::state::Shared;
 use super::status_cache::Lookup;
@@ -16,7 +17,7 @@ use crate::admission::protocol::{
     self, AdmitRequest, AdmitResponse, DenyReason, ErrorCode, PongResponse, ReleaseResponse,
     Request, Response, ServerKind,
 };
-use crate::admission::seats::{near_cap, Admission, Asker, Release};
+use crate::admission::seats::{Admission, Asker, Release};
 use crate::admission::server::{Bytes, Reply, Service, Undo};
 use crate::admission::table::{Decision, ServerId};
 use crate::sys::process::{self, Relation};
@@ -83,6 +84,7 @@ impl Service for Shared {
                 drop(state);
                 log_release_fault(fault);
                 if was > 0 {
+                    alerting::usage(&self);
                     tracing::warn!(
                         lost = was,
                         in_use,
@@ -110,6 +112,7 @@ impl Service for Shared {
         drop(state);
         log_release_fault(fault);
         if undone.is_some() {
+            alerting::usage(self);
             tracing::warn!(key = %shown(&undo.key), in_use, "the hook left before its admission could be answered (past its deadline); seat released");
         }
     }
@@ -170,6 +173,18 @@ impl Shared {
             Some(server) => state.seats.admit(req, server, cap, now, alive),
             None => (state.seats.deny(DenyReason::UnknownServer, cap), None),
         };
+        let mut first_at_cap = false;
+        if let Decision::Denied(reason) = admission.decision {
+            state
+                .denial_log
+                .record(now, &req.user, &req.remote, reason.as_str());
+            if matches!(
+                reason,
+                DenyReason::CapReached | DenyReason::OverCap | DenyReason::NoLicense
+            ) {
+                first_at_cap = state.alerts.denied_at_cap();
+            }
+        }
         let undo = match (&admission.decision, &admission.session) {
             (Decision::Admitted { again }, Some(s)) => state
                 .seats
@@ -182,7 +197,8 @@ impl Shared {
         };
         drop(state);
         log_release_fault(fault);
-        log_admission(req, &admission, &self.denying);
+        log_admission(req, &admission, &self.denying, first_at_cap);
+        alerting::usage(self);
         Reply {
             bytes: Bytes::Owned(Response::Admit(admit_response(&admission)).encode()),
             undo,
@@ -213,6 +229,7 @@ impl Shared {
         let released = match release {
             Release::Released(s) => {
                 tracing::info!(key = %shown(key), user = %shown(&s.user), in_use, "seat released");
+                alerting::usage(self);
                 true
             }
             Release::NotHeld => false,
@@ -287,7 +304,10 @@ fn admit_response(a: &Admission) -> AdmitResponse {
 /// One line per admission and denial at info; a run of denials for one
 /// reason starts with a warning (so `journalctl -p warning` shows that the
 /// gateway turns users away without a line per retrying client).
-fn log_admission(req: &AdmitRequest, a: &Admission, denying: &AtomicU8) {
+/// Logs a decision: each at info; the first of a run of denials for one
+/// reason at warn, and the first denial for want of seats since usage last
+/// reached the top alert threshold (`first_at_cap`) at error.
+fn log_admission(req: &AdmitRequest, a: &Admission, denying: &AtomicU8, first_at_cap: bool) {
     let (key, user, remote) = (shown(&req.key), shown(&req.user), shown(&req.remote));
     let (cap, in_use) = (a.cap, a.in_use);
     if let Some(e) = &a.fault {
@@ -298,19 +318,15 @@ fn log_admission(req: &AdmitRequest, a: &Admission, denying: &AtomicU8) {
         Decision::Admitted { again: false } => {
             denying.store(0, Ordering::Relaxed);
             tracing::info!(%key, %user, %remote, in_use, cap, "seat admitted");
-            if in_use == near_cap(cap) {
-                tracing::warn!(
-                    in_use,
-                    cap,
-                    "seats nearly exhausted: {in_use} of {cap} in use"
-                );
-            }
         }
         Decision::Denied(reason) => {
             let message = deny_message(reason, cap, in_use);
             let code = reason as u8 + 1;
             let reason = reason.as_str();
-            if denying.swap(code, Ordering::Relaxed) != code {
+            let new_run = denying.swap(code, Ordering::Relaxed) != code;
+            if first_at_cap {
+                tracing::error!(%reason, in_use, cap, "denying new sessions: {message} (the seat cap is reached: the first denial since usage reached the top alert threshold; each denial follows at info)");
+            } else if new_run {
                 tracing::warn!(%reason, in_use, cap, "denying new sessions: {message} (each denial follows at info)");
             }
             tracing::info!(%key, %user, %remote, %reason, in_use, cap, "seat denied: {message}");

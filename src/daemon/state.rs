@@ -11,8 +11,12 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
+use std::collections::BTreeSet;
+
+use super::denials::Denials;
 use crate::admission::access::Policy;
 use crate::admission::seats::Seats;
+use crate::alerts::{Thresholds, Tracker};
 use crate::cloud::policy::SyncRecord;
 use crate::cloud::wire::{PoolReport, POOL_HEADROOM};
 use crate::config::Config;
@@ -40,6 +44,13 @@ pub struct State {
     pub lost_by_source: std::collections::BTreeMap<String, u32>,
     /// Admission answers that could not be delivered.
     pub unanswered: u64,
+    /// The usage alert level (`alerts`), and the thresholds it was fed with.
+    pub alerts: Tracker,
+    pub alert_thresholds: Thresholds,
+    /// The last denials and their counts, for status.
+    pub denial_log: Denials,
+    /// Keys of the license warnings logged (`notices.json`).
+    pub said: BTreeSet<String>,
 }
 
 impl State {
@@ -185,6 +196,9 @@ impl State {
         }
         status.rounds = self.rounds;
         status.unanswered = self.unanswered;
+        status.alert_level = self.alerts.level;
+        status.alerts = self.alert_thresholds.clone();
+        self.denial_log.fill(&mut status);
         status
     }
 }

@@ -92,6 +92,8 @@ pub async fn ticker(shared: Arc<Shared>, cancel: CancellationToken) {
                 );
             }
         }
+        super::alerting::usage(&shared);
+        super::alerting::licenses(&shared);
         shared.persist.ring();
     }
 }
@@ -160,6 +162,8 @@ pub async fn reloader(
                 publish.policy.send_replace(Arc::new(policy));
                 publish.config.send_replace(Arc::new(config));
                 tracing::info!("config and licenses reloaded; sessions kept");
+                super::alerting::usage(&shared);
+                super::alerting::licenses(&shared);
                 None
             }
             Ok(Err(why)) => Some(why),

@@ -17,6 +17,9 @@ use crate::store;
 pub const BUNDLE_FILE: &str = "bundle.json";
 pub const CLOCK_FILE: &str = "clock.json";
 pub const POOLS_FILE: &str = "pools.json";
+/// The license warnings already said (`notices`), so a restart does not
+/// say them again.
+pub const NOTICES_FILE: &str = "notices.json";
 /// The state directory is the daemon's own (and its group's).
 const DIR_MODE: u32 = 0o750;
 const FILE_MODE: u32 = 0o640;
@@ -116,6 +119,35 @@ pub fn write_pools(state_dir: &Path, saved: &Remembered) -> Result<(), PoolsFile
         .map_err(|source| PoolsFileError::Write { path, source })
 }
 
+/// What `notices.json` holds.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct SaidFile {
+    said: std::collections::BTreeSet<String>,
+}
+
+/// Reads the keys of the license warnings already said (none yet: empty).
+/// An unreadable file is an error: the warnings are said again.
+pub fn load_said(state_dir: &Path) -> Result<std::collections::BTreeSet<String>, String> {
+    let path = state_dir.join(NOTICES_FILE);
+    match store::read_optional(&path) {
+        Ok(None) => Ok(Default::default()),
+        Ok(Some(text)) => serde_json::from_str::<SaidFile>(&text)
+            .map(|f| f.said)
+            .map_err(|e| format!("{} is not a notices record ({e}); license warnings already logged may be logged again", path.display())),
+        Err(e) => Err(format!("cannot read {}: {e}; license warnings already logged may be logged again", path.display())),
+    }
+}
+
+/// Stores the keys of the license warnings said, atomically.
+pub fn write_said(
+    state_dir: &Path,
+    said: &std::collections::BTreeSet<String>,
+) -> std::io::Result<()> {
+    let text = serde_json::to_string(&SaidFile { said: said.clone() }).expect("keys serialise");
+    store::ensure_dir(state_dir, DIR_MODE)?;
+    store::write_atomic(&state_dir.join(NOTICES_FILE), text.as_bytes(), FILE_MODE)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +176,20 @@ mod tests {
             2,
             "expired license stays expired"
         );
+    }
+
+    #[test]
+    fn said_notices_round_trip_and_a_bad_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        assert!(load_said(&state).unwrap().is_empty());
+        let said = ["expiry:L1:2027-01-10T00:00:00+00:00:30".to_string()].into();
+        write_said(&state, &said).unwrap();
+        assert_eq!(load_said(&state).unwrap(), said);
+        std::fs::write(state.join(NOTICES_FILE), "[").unwrap();
+        assert!(load_said(&state)
+            .unwrap_err()
+            .contains("not a notices record"));
     }
 
     #[test]

@@ -284,9 +284,11 @@ fn cloud_lifecycle_add_share_move_expire_replace_reaches_the_gateway() {
             &vpn.try_call(&vpn.admit(&format!("s{i}"))).unwrap()
         ));
     }
-    wait_for("the usage report to reach the cloud", SOON, || {
+    let report = wait_for("the usage report to reach the cloud", SOON, || {
         cloud.usage(DEVICE).filter(|r| r["in_use"] == 30)
     });
+    // 30 of 99: no usage alert, and the report says so.
+    assert_eq!(report["alert_level"], 0, "{report}");
 
     // Unshare, then Move License away: the cap drops under the sessions
     // held; they stay and drain, new ones are denied.

@@ -236,6 +236,8 @@ fn openvpn_example_reconciles_through_the_management_socket() {
     assert_eq!(c.admission.socket_group.as_deref(), Some("nogroup"));
     assert_eq!(c.admission.socket_mode, 0o660);
     assert!(c.cloud.is_some());
+    assert_eq!(c.alerts.thresholds, [75, 90, 100]);
+    assert_eq!(c.alerts.hysteresis, 5);
 }
 
 #[test]

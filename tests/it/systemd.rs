@@ -174,8 +174,9 @@ fn status_line_follows_the_seats_and_reloads_report_refusal() {
             .to_string()
     };
     assert!(line("seatgate ready").starts_with("<6>"), "{journal}");
+    // The first denial for want of seats is an error (usage alerts).
     let denying = line("denying new sessions");
-    assert!(denying.starts_with("<4>"), "{denying}");
+    assert!(denying.starts_with("<3>"), "{denying}");
     assert!(denying.contains("reason=cap_reached"), "{denying}");
     let denied = line("seat denied");
     assert!(denied.starts_with("<6>"), "{denied}");
