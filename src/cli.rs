@@ -334,7 +334,20 @@ fn fetch_status(socket: &Path) -> Result<crate::status::Status> {
 }
 
 fn metrics(socket: &Path, output: Option<&Path>) -> Result<ExitCode> {
-    let text = crate::metrics::render(&fetch_status(socket)?);
+    let status = match (fetch_status(socket), output) {
+        (Ok(s), _) => s,
+        (Err(e), None) => return Err(e),
+        // The collector file must not go on showing the last numbers.
+        (Err(e), Some(path)) => {
+            if let Err(w) =
+                store::write_atomic(path, crate::metrics::render_down().as_bytes(), 0o644)
+            {
+                eprintln!("seatgate: cannot write {}: {w}", path.display());
+            }
+            return Err(e);
+        }
+    };
+    let text = crate::metrics::render(&status);
     match output {
         None => out!("{text}"),
         // The textfile collector must never read half a file.
@@ -376,14 +389,14 @@ fn usage(socket: &Path, days: usize, hours: usize, json: bool) -> Result<ExitCod
         report.cap
     );
     if hours > 0 {
-        let rows = report.history.rows(Span::Hour, report.now, hours);
+        let rows = report.rows(Span::Hour, hours);
         out!(
             "\n{}",
             chart(&format!("last {hours} hours"), Span::Hour, &rows, style)
         );
     }
     if days > 0 {
-        let rows = report.history.rows(Span::Day, report.now, days);
+        let rows = report.rows(Span::Day, days);
         out!(
             "\n{}",
             chart(&format!("last {days} days"), Span::Day, &rows, style)

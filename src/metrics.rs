@@ -22,6 +22,7 @@ const REASONS: [DenyReason; 6] = [
 /// and TYPE lines.
 pub fn render(status: &Status) -> String {
     let mut out = Out::default();
+    up(&mut out, true);
     build_info(&mut out, status);
     seats(&mut out, status);
     admissions(&mut out, status);
@@ -29,6 +30,14 @@ pub fn render(status: &Status) -> String {
     licenses(&mut out, status);
     cloud(&mut out, status);
     alerts(&mut out, status);
+    out.0
+}
+
+/// What a collector file says when the daemon did not answer: only that
+/// (stale numbers would look current).
+pub fn render_down() -> String {
+    let mut out = Out::default();
+    up(&mut out, false);
     out.0
 }
 
@@ -72,6 +81,14 @@ fn escape_label(v: &str) -> String {
 /// HELP text: backslash and newline escaped.
 fn escape_help(v: &str) -> String {
     v.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+fn up(out: &mut Out, up: bool) {
+    out.gauge(
+        "seatgate_up",
+        "1 when the seatgate daemon answered the status query, else 0.",
+        u8::from(up),
+    );
 }
 
 fn build_info(out: &mut Out, s: &Status) {
@@ -310,6 +327,7 @@ mod tests {
             "seatgate_admission_duration_seconds_sum 2.001485",
             "seatgate_admission_duration_seconds_count 6",
             "seatgate_alert_level 0",
+            "seatgate_up 1",
             "seatgate_build_info{version=\"0.2.0\",device=\"ESG-1\"} 1",
         ] {
             assert!(got.contains(&want), "missing {want:?} in\n{text}");
@@ -372,6 +390,14 @@ mod tests {
             ), "{text}");
             assert!(got.contains(&"seatgate_license_bundle_expiry_timestamp_seconds 1782864000"));
         }
+    }
+
+    #[test]
+    fn down_is_only_up_0() {
+        assert_eq!(
+            render_down(),
+            "# HELP seatgate_up 1 when the seatgate daemon answered the status query, else 0.\n# TYPE seatgate_up gauge\nseatgate_up 0\n"
+        );
     }
 
     #[test]

@@ -159,6 +159,24 @@ pub struct Report {
     pub history: History,
 }
 
+impl Report {
+    /// The chart's rows: the history's, where the current hour or day,
+    /// before its first bucket (the daemon records one within a minute),
+    /// shows the seats in use now.
+    pub fn rows(&self, span: Span, count: usize) -> Vec<Row> {
+        let mut rows = self.history.rows(span, self.now, count);
+        if let Some(last) = rows.last_mut().filter(|r| r.bucket.is_none()) {
+            last.bucket = Some(Bucket {
+                start: last.start,
+                peak: self.in_use,
+                cap: self.cap,
+                denials: 0,
+            });
+        }
+        rows
+    }
+}
+
 /// One row of the chart: an hour or a day, and its bucket if any.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Row {
@@ -397,6 +415,19 @@ mod tests {
                 ("06-02".into(), None),
                 ("06-03".into(), Some(2)),
             ]
+        );
+        let report = Report {
+            now: t("2026-06-04T12:00:00Z"),
+            cap: 7,
+            in_use: 4,
+            history: h.clone(),
+        };
+        let last = report.rows(Span::Day, 2);
+        assert_eq!(last[0].bucket.map(|b| b.peak), Some(2));
+        assert_eq!(
+            last[1].bucket.map(|b| (b.peak, b.cap)),
+            Some((4, 7)),
+            "today: now"
         );
         let r = h.recent(now, 0, 2);
         assert!(r.hours.is_empty());
