@@ -19,6 +19,8 @@ if [ -f "$SO" ]; then
 fi
 install -D -m 0644 systemd/seatgate.service "$DEST/usr/lib/systemd/system/seatgate.service"
 install -D -m 0644 systemd/seatgate.socket "$DEST/usr/lib/systemd/system/seatgate.socket"
+install -D -m 0644 systemd/seatgate-metrics.service "$DEST/usr/lib/systemd/system/seatgate-metrics.service"
+install -D -m 0644 systemd/seatgate-metrics.timer "$DEST/usr/lib/systemd/system/seatgate-metrics.timer"
 install -D -m 0644 systemd/seatgate.sysusers "$DEST/usr/lib/sysusers.d/seatgate.conf"
 install -D -m 0644 README.md "$DEST/usr/share/doc/seatgate/README.md"
 ASSETS=${ASSETS:-target/assets}
@@ -43,4 +45,5 @@ if [ -z "$DEST" ] && [ -d /run/systemd/system ]; then
   systemd-sysusers seatgate.conf
   systemctl daemon-reload
   echo "next: seatgate check-config && systemctl enable --now seatgate.socket seatgate.service"
+  echo "for Prometheus (node_exporter's textfile collector): systemctl enable --now seatgate-metrics.timer (docs/install.md)"
 fi

@@ -47,6 +47,29 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Peak seats in use per hour and per day against the cap, as a chart.
+    Usage {
+        #[command(flatten)]
+        target: SocketArg,
+        /// Days to show (one row each; the daemon keeps 400).
+        #[arg(long, value_name = "N", default_value_t = 14)]
+        days: usize,
+        /// Hours to show (one row each; the daemon keeps 168; 0: none).
+        #[arg(long, value_name = "N", default_value_t = 24)]
+        hours: usize,
+        /// Print JSON for scripts (the same hours and days).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the status as Prometheus metrics (text exposition format).
+    Metrics {
+        #[command(flatten)]
+        target: SocketArg,
+        /// Write them to FILE atomically (mode 0644), e.g. for
+        /// node_exporter's textfile collector, instead of stdout.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Operator: free a session's seat by hand (the key as `status` shows
     /// it), or with --lost the seats of sessions lost with a damaged snapshot.
     Evict {
@@ -258,6 +281,13 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Run(c) => run(c.config.as_deref()),
         Command::Status { target, json } => status(&target.path(), json),
         Command::Evict { target, key, .. } => evict(&target.path(), key),
+        Command::Usage {
+            target,
+            days,
+            hours,
+            json,
+        } => usage(&target.path(), days, hours, json),
+        Command::Metrics { target, output } => metrics(&target.path(), output.as_deref()),
         Command::Hook(cmd) => {
             let env: std::collections::HashMap<String, String> = std::env::vars().collect();
             let (name, args, action) = match cmd {
@@ -319,6 +349,92 @@ async fn shutdown_signal() {
 }
 
 const OPERATOR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The daemon's status, decoded.
+fn fetch_status(socket: &Path) -> Result<crate::status::Status> {
+    match client::call(socket, &Request::Status, OPERATOR_TIMEOUT)? {
+        Response::Status(s) => serde_json::from_value(s.status).with_context(|| {
+            format!(
+                "{}: the status answer is not one this seatgate reads (a different version?)",
+                socket.display()
+            )
+        }),
+        Response::Error(e) => bail!("{}: {}", socket.display(), e.error.message),
+        other => bail!("{}: unexpected answer {other:?}", socket.display()),
+    }
+}
+
+fn metrics(socket: &Path, output: Option<&Path>) -> Result<ExitCode> {
+    let status = match (fetch_status(socket), output) {
+        (Ok(s), _) => s,
+        (Err(e), None) => return Err(e),
+        // The collector file must not go on showing the last numbers.
+        (Err(e), Some(path)) => {
+            if let Err(w) =
+                store::write_atomic(path, crate::metrics::render_down().as_bytes(), 0o644)
+            {
+                eprintln!("seatgate: cannot write {}: {w}", path.display());
+            }
+            return Err(e);
+        }
+    };
+    let text = crate::metrics::render(&status);
+    match output {
+        None => out!("{text}"),
+        // The textfile collector must never read half a file.
+        Some(path) => store::write_atomic(path, text.as_bytes(), 0o644)
+            .with_context(|| format!("cannot write {}", path.display()))?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn usage(socket: &Path, days: usize, hours: usize, json: bool) -> Result<ExitCode> {
+    use crate::usage::{chart, ChartStyle, Report, Span, DAYS, HOURS};
+    use std::io::IsTerminal;
+    let report: Report = match client::call(socket, &Request::Usage, OPERATOR_TIMEOUT)? {
+        Response::Usage(u) => serde_json::from_value(u.usage).with_context(|| {
+            format!(
+                "{}: the usage answer is not one this seatgate reads (a different version?)",
+                socket.display()
+            )
+        })?,
+        Response::Error(e) => bail!("{}: {}", socket.display(), e.error.message),
+        other => bail!("{}: unexpected answer {other:?}", socket.display()),
+    };
+    let (days, hours) = (days.min(DAYS), hours.min(HOURS));
+    if json {
+        let recent = Report {
+            history: report.history.recent(report.now, hours, days),
+            ..report
+        };
+        outln!("{}", serde_json::to_string_pretty(&recent)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let style = ChartStyle {
+        width: 40,
+        colour: std::io::stdout().is_terminal(),
+    };
+    outln!(
+        "seats in use now: {} of {}; peaks (in use/cap at the peak), UTC",
+        report.in_use,
+        report.cap
+    );
+    if hours > 0 {
+        let rows = report.rows(Span::Hour, hours);
+        out!(
+            "\n{}",
+            chart(&format!("last {hours} hours"), Span::Hour, &rows, style)
+        );
+    }
+    if days > 0 {
+        let rows = report.rows(Span::Day, days);
+        out!(
+            "\n{}",
+            chart(&format!("last {days} days"), Span::Day, &rows, style)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
 
 fn status(socket: &Path, json: bool) -> Result<ExitCode> {
     match client::call(socket, &Request::Status, OPERATOR_TIMEOUT)? {

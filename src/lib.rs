@@ -29,7 +29,9 @@
 //! 10. `cloud/`: `wire` (the contract), `policy` (schedule, status: pure),
 //!     `client` (HTTPS, mTLS), `sync` and `pools` (the loops, through the
 //!     narrow `Gateway` view).
-//! 11. `status`: the daemon's status (pure) and its text form.
+//! 11. `status`: the daemon's status (pure) and its text form; `usage`: the
+//!     usage history (hourly and daily peaks in bounded rings) and its
+//!     chart, pure; `metrics`: status as Prometheus text, pure.
 //! 12. `check`: `seatgate check`, a status judged as a monitoring plugin. Pure.
 //! 13. `daemon/`: `seatgate run`, the wiring: `state` (everything behind one
 //!     lock), `service` (requests to answers: the one place results meet the
@@ -50,8 +52,10 @@ pub mod daemon;
 pub mod hook;
 pub mod license;
 pub mod logging;
+pub mod metrics;
 pub mod reconcile;
 pub mod status;
 pub mod store;
 pub mod sys;
 pub mod text;
+pub mod usage;

@@ -85,6 +85,13 @@ pub struct Status {
     /// first (up to 31 days).
     #[serde(default)]
     pub daily_denials: Vec<DayDenials>,
+    /// Admission decisions since the daemon started: counts and latency.
+    #[serde(default)]
+    pub admissions: AdmissionStats,
+    /// Every license in force with its expiry (for monitoring; `seatgate
+    /// licenses` shows the full records).
+    #[serde(default)]
+    pub licenses: Vec<LicenseExpiry>,
 }
 
 /// How many denials status keeps.
@@ -107,6 +114,89 @@ pub struct Denial {
 pub struct DayDenials {
     pub day: chrono::NaiveDate,
     pub by_reason: BTreeMap<String, u64>,
+}
+
+/// A license in force and when it expires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LicenseExpiry {
+    pub id: String,
+    pub product: String,
+    pub seats: u32,
+    pub expiry: DateTime<Utc>,
+}
+
+/// Upper bounds (microseconds) of the admission latency buckets; one more
+/// bucket counts what is above the last.
+pub const LATENCY_BOUNDS_US: [u64; 12] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+];
+
+/// Admission decisions since the daemon started: a few counters, cheap
+/// enough to bump under the state's lock on every admit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdmissionStats {
+    /// New sessions admitted (repeated admits of a held key not counted).
+    pub admitted: u64,
+    /// Denials by reason (`cap_reached`, ...; the protocol's names).
+    pub denied: BTreeMap<String, u64>,
+    /// How long decisions took, from the request read to the decision
+    /// recorded (finding the VPN server, the lock, the journal write).
+    pub latency: Latency,
+}
+
+/// A latency histogram in fixed buckets (not cumulative: `counts[i]` are
+/// the decisions in `(bounds_us[i-1], bounds_us[i]]`, the last one above
+/// every bound).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Latency {
+    pub bounds_us: Vec<u64>,
+    pub counts: Vec<u64>,
+    pub sum_us: u64,
+}
+
+impl Default for AdmissionStats {
+    fn default() -> Self {
+        AdmissionStats {
+            admitted: 0,
+            denied: BTreeMap::new(),
+            latency: Latency {
+                bounds_us: LATENCY_BOUNDS_US.to_vec(),
+                counts: vec![0; LATENCY_BOUNDS_US.len() + 1],
+                sum_us: 0,
+            },
+        }
+    }
+}
+
+impl AdmissionStats {
+    /// Counts one decision: admitted (a new session), denied for `reason`,
+    /// or neither (a repeated admit); and how long it took.
+    pub fn record(&mut self, admitted: bool, denied: Option<&str>, took: std::time::Duration) {
+        if admitted {
+            self.admitted += 1;
+        }
+        if let Some(reason) = denied {
+            match self.denied.get_mut(reason) {
+                Some(n) => *n += 1,
+                None => {
+                    self.denied.insert(reason.to_string(), 1);
+                }
+            }
+        }
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let l = &mut self.latency;
+        let i = l.bounds_us.partition_point(|b| *b < us);
+        if let Some(c) = l.counts.get_mut(i) {
+            *c += 1;
+        }
+        l.sum_us = l.sum_us.saturating_add(us);
+    }
+}
+
+impl Latency {
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
 }
 
 /// How many rounds each background duty has finished: proof that the
@@ -291,6 +381,18 @@ impl Status {
             recent_denials: Vec::new(),
             denials_by_reason: BTreeMap::new(),
             daily_denials: Vec::new(),
+            admissions: AdmissionStats::default(),
+            licenses: lic
+                .entitlement
+                .licenses
+                .iter()
+                .map(|l| LicenseExpiry {
+                    id: l.id.clone(),
+                    product: l.product.clone(),
+                    seats: l.seats,
+                    expiry: l.expiry(),
+                })
+                .collect(),
         }
     }
 

@@ -31,6 +31,8 @@ pub enum Request {
     Release { key: String },
     /// Cap, usage, licenses and the sessions holding seats.
     Status,
+    /// The usage history: peaks per hour (7 days) and per day (400 days).
+    Usage,
     /// Liveness check.
     Ping,
     /// Operator: free a session's seat by hand.
@@ -108,6 +110,7 @@ pub enum Response {
     Admit(AdmitResponse),
     Release(ReleaseResponse),
     Status(Box<StatusResponse>),
+    Usage(Box<UsageResponse>),
     Pong(PongResponse),
     Error(ErrorResponse),
 }
@@ -142,6 +145,14 @@ pub struct ReleaseResponse {
 pub struct StatusResponse {
     pub ok: bool,
     pub status: serde_json::Value,
+}
+
+/// The usage history, as JSON the codec does not interpret (its shape is
+/// `usage::Report`, a layer above).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageResponse {
+    pub ok: bool,
+    pub usage: serde_json::Value,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -259,7 +270,15 @@ fn diagnose(text: &str, err: serde_json::Error) -> Response {
     }
 }
 
-const KNOWN_OPS: [&str; 6] = ["admit", "release", "status", "ping", "evict", "forget_lost"];
+const KNOWN_OPS: [&str; 7] = [
+    "admit",
+    "release",
+    "status",
+    "usage",
+    "ping",
+    "evict",
+    "forget_lost",
+];
 
 /// Encodes a request as one line (for clients: the hook, status, tests).
 pub fn encode_request(request: &Request) -> Vec<u8> {
@@ -340,6 +359,7 @@ mod tests {
             Request::Status
         );
         assert_eq!(decode(br#"{"op":"ping","v":1}"#).unwrap(), Request::Ping);
+        assert_eq!(decode(br#"{"v":1,"op":"usage"}"#).unwrap(), Request::Usage);
         assert_eq!(
             decode(br#"{"v":1,"op":"evict","key":"x"}"#).unwrap(),
             Request::Evict { key: "x".into() }

@@ -100,6 +100,11 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
             Default::default()
         }
     };
+    let (usage, usage_on_disk, usage_warning) = persist::load_usage(&config.state_dir);
+    if let Some(w) = usage_warning {
+        tracing::error!("{w}");
+        file_warnings.push(w);
+    }
     file_warnings.shrink_to_fit();
     let state = State {
         lost_by_source: Default::default(),
@@ -116,10 +121,13 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
         alert_thresholds: config.alerts.clone(),
         denial_log: Default::default(),
         said,
+        admissions: Default::default(),
+        usage,
+        usage_saved: None,
     };
     let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
     let (policy_tx, policy_rx) = watch::channel(Arc::new(tasks::policy(&config)));
-    let (doorbell, writer) = persist::doorbell(pools_on_disk);
+    let (doorbell, writer) = persist::doorbell(pools_on_disk, usage_on_disk);
     let shared = Arc::new(Shared::new(state, config_rx, policy_rx, doorbell));
     tasks::reap(&shared);
     alerting::usage(&shared);

@@ -15,7 +15,7 @@ use super::status_cache::Lookup;
 use crate::admission::access::{Peer, Rights};
 use crate::admission::protocol::{
     self, AdmitRequest, AdmitResponse, DenyReason, ErrorCode, PongResponse, ReleaseResponse,
-    Request, Response, ServerKind,
+    Request, Response, ServerKind, UsageResponse,
 };
 use crate::admission::seats::{Admission, Asker, Release};
 use crate::admission::server::{Bytes, Reply, Service, Undo};
@@ -57,7 +57,7 @@ impl Service for Shared {
             Request::Admit(_) | Request::Release { .. } if !rights.seats => {
                 forbidden("admit or release sessions")
             }
-            Request::Status if !rights.read => forbidden("read status"),
+            Request::Status | Request::Usage if !rights.read => forbidden("read status"),
             Request::Evict { .. } | Request::ForgetLost if !rights.operate => {
                 forbidden("evict sessions")
             }
@@ -76,6 +76,11 @@ impl Service for Shared {
                 self.release(&key, Some(Asker::Operator))
             }
             Request::Status => self.status_reply(),
+            Request::Usage => {
+                let report = self.peek().usage_report(Utc::now(), Instant::now());
+                let usage = serde_json::to_value(&report).expect("a usage report serialises");
+                answer(Response::Usage(Box::new(UsageResponse { ok: true, usage })))
+            }
             Request::ForgetLost => {
                 let mut state = self.lock();
                 let was = state.seats.table().lost;
@@ -156,6 +161,7 @@ fn alive(server: &ServerId) -> bool {
 
 impl Shared {
     fn admit(&self, conn: &mut Conn, peer: &Peer, req: &AdmitRequest) -> Reply {
+        let started = Instant::now();
         let now = Utc::now();
         // /proc is read outside the lock, once per connection and server.
         let claim = (req.server.kind, req.server.pid);
@@ -168,7 +174,8 @@ impl Shared {
             }
         };
         let mut state = self.lock();
-        let cap = state.cap(now, Instant::now());
+        let mono = Instant::now();
+        let cap = state.cap(now, mono);
         let (admission, fault) = match server {
             Some(server) => state.seats.admit(req, server, cap, now, alive),
             None => (state.seats.deny(DenyReason::UnknownServer, cap), None),
@@ -195,7 +202,17 @@ impl Shared {
                 }),
             _ => None,
         };
+        let denied = match admission.decision {
+            Decision::Denied(reason) => Some(reason.as_str()),
+            Decision::Admitted { .. } => None,
+        };
+        let fresh = admission.decision == Decision::Admitted { again: false };
+        state.admissions.record(fresh, denied, started.elapsed());
+        let write_usage = state.record_usage(now, mono, denied.is_some());
         drop(state);
+        if write_usage {
+            self.persist.ring();
+        }
         log_release_fault(fault);
         log_admission(req, &admission, &self.denying, first_at_cap);
         alerting::usage(self);

@@ -23,7 +23,8 @@ use crate::config::Config;
 use crate::license::in_force::Licenses;
 use crate::license::lease::{pool_usage, LeaseBook};
 use crate::license::Cap;
-use crate::status::{PoolStatus, Rounds, Status};
+use crate::status::{AdmissionStats, PoolStatus, Rounds, Status};
+use crate::usage::History;
 
 pub struct State {
     pub device: String,
@@ -51,6 +52,12 @@ pub struct State {
     pub denial_log: Denials,
     /// Keys of the license warnings logged (`notices.json`).
     pub said: BTreeSet<String>,
+    /// Admission counts and latency since the start, for status.
+    pub admissions: AdmissionStats,
+    /// Peaks per hour and day (kept in `usage.json` by the writer).
+    pub usage: History,
+    /// When the writer last wrote `usage.json` in this run (None: not yet).
+    pub usage_saved: Option<Instant>,
 }
 
 impl State {
@@ -178,6 +185,29 @@ impl State {
         out
     }
 
+    /// Records the seats in use now in the usage history (and a denial).
+    /// True when the history changed and a write of it is due (the writer
+    /// writes it at most every `persist::USAGE_EVERY`).
+    pub fn record_usage(&mut self, system: DateTime<Utc>, mono: Instant, denied: bool) -> bool {
+        let now = self.licenses.now(system, mono);
+        let (in_use, cap) = (self.seats.in_use(), self.cap(system, mono));
+        self.usage.record(now, in_use, cap, denied) && self.usage_due(mono)
+    }
+
+    pub fn usage_due(&self, mono: Instant) -> bool {
+        self.usage_saved
+            .is_none_or(|t| mono.saturating_duration_since(t) >= super::persist::USAGE_EVERY)
+    }
+
+    pub fn usage_report(&self, system: DateTime<Utc>, mono: Instant) -> crate::usage::Report {
+        crate::usage::Report {
+            now: self.licenses.now(system, mono),
+            cap: self.cap(system, mono),
+            in_use: self.seats.in_use(),
+            history: self.usage.clone(),
+        }
+    }
+
     pub fn status(&self, system: DateTime<Utc>, mono: Instant) -> Status {
         let mut status = Status::build(
             &self.device,
@@ -199,6 +229,7 @@ impl State {
         status.alert_level = self.alerts.level;
         status.alerts = self.alert_thresholds.clone();
         self.denial_log.fill(&mut status);
+        status.admissions = self.admissions.clone();
         status
     }
 }

@@ -46,8 +46,10 @@ pub async fn reaper(shared: Arc<Shared>, every: Duration, cancel: CancellationTo
     }
 }
 
-/// Logs cap changes when the timeline reaches a step and has the clock's
-/// high-water mark written at least once a minute. Admission computes the
+/// Logs cap changes when the timeline reaches a step, records the seats in
+/// use in the usage history (so an hour without admissions still shows the
+/// sessions held through it) and has the clock's high-water mark (and the
+/// usage history, when due) written at least once a minute. Admission computes the
 /// cap from the clock on every request, so the cap itself never waits.
 pub async fn ticker(shared: Arc<Shared>, cancel: CancellationToken) {
     let mut last_cap = shared.peek().cap(Utc::now(), Instant::now());
@@ -67,6 +69,9 @@ pub async fn ticker(shared: Arc<Shared>, cancel: CancellationToken) {
         if cancel.run_until_cancelled(sleep).await.is_none() {
             return;
         }
+        shared
+            .lock()
+            .record_usage(Utc::now(), Instant::now(), false);
         let (cap, in_use, ran_out) = {
             let state = shared.peek();
             let now = state.licenses.now(Utc::now(), Instant::now());

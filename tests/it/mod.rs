@@ -6,6 +6,7 @@ mod cloud;
 mod daemon;
 mod examples;
 mod hardening;
+mod metrics;
 mod operator;
 mod pools;
 mod systemd;
