@@ -310,6 +310,7 @@ mod tests {
         s.cloud = Some(crate::cloud::policy::CloudStatus {
             sync: Default::default(),
             bundle_not_after: None,
+            bundle_issued_at: None,
             alarm: Some(Alarm {
                 severity: Severity::Warning,
                 message: "no sync for 2 hours |\nretrying".into(),

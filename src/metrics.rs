@@ -283,6 +283,7 @@ mod tests {
             timeline: vec![],
             bundle: None,
             refused: vec![],
+            dropped: None,
             warnings: vec![],
             cloud: None,
             pools: vec![],
@@ -364,6 +365,7 @@ mod tests {
             issued_at: t("2026-01-01T00:00:00Z"),
             not_after: t("2026-07-01T00:00:00Z"),
             ran_out: false,
+            age_secs: 0,
         });
         let mut sync = SyncRecord::new("https://cloud.example/");
         let cases = [

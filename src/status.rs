@@ -11,7 +11,7 @@ use crate::admission::table::Table;
 use crate::alerts::Thresholds;
 use crate::cloud::policy::{human, CloudStatus, Severity, StampSeen, SyncRecord};
 use crate::license::cap::describe_timeline;
-use crate::license::in_force::Licenses;
+use crate::license::in_force::{Dropped, Licenses};
 use crate::license::notices::{notices, Notice};
 use crate::license::report::BundleInfo;
 use crate::license::{Cap, Rejected, Step};
@@ -47,6 +47,10 @@ pub struct Status {
     /// add no seats; `seatgate licenses` shows the same).
     #[serde(default)]
     pub refused: Vec<Rejected>,
+    /// Licenses a newer bundle no longer carries (moved to another device,
+    /// the device replaced, a share undone), seen since the daemon started.
+    #[serde(default)]
+    pub dropped: Option<Dropped>,
     pub warnings: Vec<String>,
     /// Cloud sync; absent when the config has no `[cloud]` section.
     #[serde(default)]
@@ -279,7 +283,14 @@ fn when(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
 /// The cloud lines of `seatgate status`.
 fn render_cloud(c: &CloudStatus, now: DateTime<Utc>) -> String {
     let mut out = format!("cloud: {}\n", c.sync.url);
-    let synced = c.sync.last_success.map_or("never".into(), |t| when(t, now));
+    let synced = match (c.sync.last_success, c.bundle_issued_at) {
+        (Some(t), _) => when(t, now),
+        (None, Some(issued)) => format!(
+            "none since start; bundle in force issued {}",
+            when(issued, now)
+        ),
+        (None, None) => "none since start; no bundle in force".into(),
+    };
     out.push_str(&format!("  last sync: {synced}\n"));
     if let Some(e) = &c.sync.last_error {
         out.push_str(&format!(
@@ -369,8 +380,12 @@ impl Status {
             timeline,
             bundle: BundleInfo::of(lic, now),
             refused: lic.rejected.clone(),
+            dropped: lic.dropped.clone(),
             warnings: lic.warnings.clone(),
-            cloud: cloud.map(|r| CloudStatus::build(r, lic.bundle().map(|b| b.not_after), now)),
+            cloud: cloud.map(|r| CloudStatus {
+                bundle_issued_at: lic.bundle().map(|b| b.issued_at),
+                ..CloudStatus::build(r, lic.bundle().map(|b| b.not_after), now)
+            }),
             pools,
             sessions,
             rounds: Rounds::default(),
@@ -479,8 +494,17 @@ impl Status {
                 "bundle: generation {} RAN OUT at {}: built-in seats only until a fresh bundle arrives\n",
                 b.generation, b.not_after
             )),
-            Some(b) => out.push_str(&format!("bundle: generation {}, valid until {}\n", b.generation, b.not_after)),
+            Some(b) => out.push_str(&format!(
+                "bundle: generation {} issued {} ({} ago), valid until {}\n",
+                b.generation,
+                b.issued_at.format("%Y-%m-%d %H:%M"),
+                human(chrono::Duration::seconds(b.age_secs)),
+                b.not_after.format("%Y-%m-%d %H:%M UTC")
+            )),
             None => out.push_str("bundle: none (built-in seats only)\n"),
+        }
+        if let Some(d) = &self.dropped {
+            out.push_str(&format!("{}\n", shown(&d.message())));
         }
         if !self.refused.is_empty() {
             out.push_str("refused license records:\n");

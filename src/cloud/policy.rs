@@ -202,6 +202,10 @@ pub struct CloudStatus {
     pub sync: SyncRecord,
     /// When the bundle in force runs out (then only built-in seats count).
     pub bundle_not_after: Option<DateTime<Utc>>,
+    /// When the bundle in force was issued (its age is what an operator
+    /// reads when no sync happened since the daemon started).
+    #[serde(default)]
+    pub bundle_issued_at: Option<DateTime<Utc>>,
     /// Set when the last attempt failed: what that means for the seats.
     pub alarm: Option<Alarm>,
 }
@@ -228,6 +232,7 @@ impl CloudStatus {
         CloudStatus {
             sync: record.clone(),
             bundle_not_after: not_after,
+            bundle_issued_at: None,
             alarm: record
                 .last_error
                 .as_ref()

@@ -55,7 +55,13 @@ impl Gateway for Shared {
         let (now, mono) = (Utc::now(), Instant::now());
         let mut state = self.lock();
         let cap_before = state.cap(now, mono);
+        let dropped_before = state.licenses.dropped.clone();
         let changed = state.licenses.offer(&rules, text, now, mono)?;
+        if let Some(d) = &state.licenses.dropped {
+            if dropped_before.as_ref() != Some(d) {
+                tracing::warn!(generation = d.since_generation, licenses = %d.ids.join(","), "{}", crate::text::shown(&d.message()));
+            }
+        }
         let offered = Offered {
             changed,
             cap_before,

@@ -42,6 +42,10 @@ pub struct Entitlement {
 pub struct Step {
     pub at: DateTime<Utc>,
     pub cap: u32,
+    /// The step is the bundle's `not_after`: the bundle ends there (the
+    /// cloud renews it before; no license expires), not a license.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bundle_ends: bool,
 }
 
 impl Entitlement {
@@ -121,7 +125,11 @@ impl Entitlement {
         for at in instants {
             let cap = self.cap_at(at).total();
             if cap != last {
-                steps.push(Step { at, cap });
+                steps.push(Step {
+                    at,
+                    cap,
+                    bundle_ends: self.not_after == Some(at),
+                });
                 last = cap;
             }
         }
@@ -134,14 +142,20 @@ impl Entitlement {
     }
 }
 
-/// "32 until 2027-01-10, then 12 until 2029-01-10, then 2".
+/// "32 until 2027-01-10, then 12 until 2029-01-10, then 2"; a step at the
+/// bundle's `not_after` reads "then 2 (bundle ends)".
 pub fn describe_timeline(now_cap: u32, steps: &[Step]) -> String {
     let mut out = now_cap.to_string();
     for step in steps {
         out.push_str(&format!(
-            " until {}, then {}",
+            " until {}, then {}{}",
             step.at.format("%Y-%m-%d %H:%M UTC"),
-            step.cap
+            step.cap,
+            if step.bundle_ends {
+                " (bundle ends)"
+            } else {
+                ""
+            }
         ));
     }
     out
@@ -192,11 +206,13 @@ mod tests {
             vec![
                 Step {
                     at: t("2027-01-10T00:00:00Z"),
-                    cap: 12
+                    cap: 12,
+                    bundle_ends: false,
                 },
                 Step {
                     at: t("2029-01-10T00:00:00Z"),
-                    cap: 2
+                    cap: 2,
+                    bundle_ends: false,
                 },
             ]
         );
@@ -214,7 +230,8 @@ mod tests {
             steps[0],
             Step {
                 at: t("2026-01-10T00:00:00Z"),
-                cap: 32
+                cap: 32,
+                bundle_ends: false,
             }
         );
         assert_eq!(steps.len(), 3);
@@ -232,8 +249,13 @@ mod tests {
             e.timeline(t("2026-06-01T00:00:00Z")),
             vec![Step {
                 at: t("2026-07-01T00:00:00Z"),
-                cap: 2
+                cap: 2,
+                bundle_ends: true,
             }]
+        );
+        assert_eq!(
+            describe_timeline(32, &e.timeline(t("2026-06-01T00:00:00Z"))),
+            "32 until 2026-07-01 00:00 UTC, then 2 (bundle ends)"
         );
     }
 

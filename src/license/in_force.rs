@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use ed25519_dalek::VerifyingKey;
+use serde::{Deserialize, Serialize};
 
 use super::bundle::{self, Acceptance, Bundle, BundleError, Signed};
 pub use super::time::ClockState;
@@ -35,6 +36,59 @@ pub struct Licenses {
     pub clock: TrustedClock,
     /// Problems met while loading (a bad bundle file, an unreadable state file).
     pub warnings: Vec<String>,
+    /// Licenses an accepted bundle no longer carries though the bundle
+    /// before it did (moved to another device, the device replaced, a share
+    /// undone). Known only since the daemon started: it compares the
+    /// bundles it saw.
+    pub dropped: Option<Dropped>,
+}
+
+/// Licenses no longer bound here, and the generation that dropped them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dropped {
+    pub since_generation: u64,
+    pub ids: Vec<String>,
+}
+
+impl Dropped {
+    /// The operator's line: what went and the usual reasons.
+    pub fn message(&self) -> String {
+        format!(
+            "licenses no longer bound here since generation {}: {} (moved, replaced or unshared)",
+            self.since_generation,
+            self.ids.join(", ")
+        )
+    }
+
+    /// What `after` drops that `before` had: `previous` (what was dropped
+    /// earlier) loses the ids `after` carries again and gains the new ones.
+    pub fn between(previous: Option<&Dropped>, before: &Bundle, after: &Bundle) -> Option<Dropped> {
+        let has = |b: &Bundle, id: &str| b.licenses.iter().any(|l| l.id == id);
+        let mut gone: Vec<String> = before
+            .licenses
+            .iter()
+            .filter(|l| !has(after, &l.id))
+            .map(|l| l.id.clone())
+            .collect();
+        if !gone.is_empty() {
+            let mut ids: Vec<String> = previous
+                .map(|p| p.ids.iter().filter(|id| !has(after, id)).cloned().collect())
+                .unwrap_or_default();
+            ids.append(&mut gone);
+            ids.sort();
+            ids.dedup();
+            return Some(Dropped {
+                since_generation: after.generation,
+                ids,
+            });
+        }
+        let p = previous?;
+        let ids: Vec<String> = p.ids.iter().filter(|id| !has(after, id)).cloned().collect();
+        (!ids.is_empty()).then(|| Dropped {
+            since_generation: p.since_generation,
+            ids,
+        })
+    }
 }
 
 impl Licenses {
@@ -45,6 +99,7 @@ impl Licenses {
             rejected: Vec::new(),
             clock: TrustedClock::default(),
             warnings: Vec::new(),
+            dropped: None,
         }
     }
 
@@ -84,8 +139,13 @@ impl Licenses {
     /// knows more than the mark on disk).
     pub fn replace(&mut self, new: Licenses) {
         let clock = self.clock;
+        let dropped = match (self.dropped.take(), new.bundle()) {
+            (Some(d), Some(b)) => Dropped::between(Some(&d), b, b),
+            _ => None,
+        };
         *self = new;
         self.clock = clock;
+        self.dropped = self.dropped.take().or(dropped);
     }
 
     /// Offers a new signed bundle (from the cloud or a file). Accepted, it
@@ -113,6 +173,9 @@ impl Licenses {
         let (entitlement, rejected) = bundle.entitlement(rules.builtin);
         self.entitlement = entitlement;
         self.rejected = rejected;
+        if let Some(before) = self.bundle() {
+            self.dropped = Dropped::between(self.dropped.as_ref(), before, &bundle);
+        }
         self.current = Some((signed, bundle));
         Ok(true)
     }
@@ -231,6 +294,63 @@ pub(crate) mod tests {
             "{:?}",
             lic.warnings
         );
+    }
+
+    fn with_ids(generation: u64, ids: &[&str]) -> String {
+        let b = Bundle {
+            format: FORMAT,
+            device: "ESG-A1".into(),
+            org: "O".into(),
+            generation,
+            issued_at: t("2026-06-01T00:00:00Z"),
+            not_after: t("2027-06-01T00:00:00Z"),
+            licenses: ids
+                .iter()
+                .map(|id| spc(id, 10, 365, "2026-01-10T00:00:00Z"))
+                .collect(),
+        };
+        sign(&b, &SigningKey::from_bytes(&[1; 32])).to_json()
+    }
+
+    #[test]
+    fn a_newer_bundle_without_licenses_says_which_went() {
+        let (r, now, mono) = (rules(), t("2026-06-02T00:00:00Z"), Instant::now());
+        let mut lic = Licenses::builtin_only(2);
+        lic.offer(&r, &with_ids(1, &["L1", "L2", "L3"]), now, mono)
+            .unwrap();
+        assert_eq!(lic.dropped, None, "the first bundle drops nothing");
+        lic.offer(&r, &with_ids(2, &["L1"]), now, mono).unwrap();
+        let d = lic.dropped.clone().unwrap();
+        assert_eq!(
+            (d.since_generation, d.ids.clone()),
+            (2, vec!["L2".into(), "L3".into()])
+        );
+        assert_eq!(
+            d.message(),
+            "licenses no longer bound here since generation 2: L2, L3 (moved, replaced or unshared)"
+        );
+        // A bundle that changes something else keeps the notice.
+        lic.offer(&r, &with_ids(3, &["L1", "L4"]), now, mono)
+            .unwrap();
+        assert_eq!(lic.dropped.as_ref().map(|d| d.since_generation), Some(2));
+        // One comes back: only the other is still gone.
+        lic.offer(&r, &with_ids(4, &["L1", "L3", "L4"]), now, mono)
+            .unwrap();
+        assert_eq!(lic.dropped.as_ref().unwrap().ids, vec!["L2".to_string()]);
+        // A reload of the same bundle keeps it; all back clears it.
+        let reloaded = resolve(
+            &r,
+            Some(&with_ids(4, &["L1", "L3", "L4"])),
+            None,
+            None,
+            now,
+            mono,
+        );
+        lic.replace(reloaded);
+        assert_eq!(lic.dropped.as_ref().unwrap().ids, vec!["L2".to_string()]);
+        lic.offer(&r, &with_ids(5, &["L1", "L2", "L3", "L4"]), now, mono)
+            .unwrap();
+        assert_eq!(lic.dropped, None);
     }
 
     #[test]

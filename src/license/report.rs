@@ -28,6 +28,10 @@ pub struct BundleInfo {
     pub not_after: DateTime<Utc>,
     /// True once `not_after` has passed: only built-in seats count.
     pub ran_out: bool,
+    /// The bundle's age: seconds from `issued_at` to the report's instant
+    /// (how stale what is in force is, whatever the last sync did).
+    #[serde(default)]
+    pub age_secs: i64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -57,6 +61,7 @@ impl BundleInfo {
             issued_at: b.issued_at,
             not_after: b.not_after,
             ran_out: at >= b.not_after,
+            age_secs: (at - b.issued_at).num_seconds().max(0),
         })
     }
 }
