@@ -505,6 +505,15 @@ fn check_config(flag: Option<&Path>) -> Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
+    let identity = config::check_identity(&c);
+    if !identity.is_empty() {
+        let e = config::ConfigError::Invalid {
+            path: path.clone(),
+            problems: identity,
+        };
+        eprintln!("{e}");
+        return Ok(ExitCode::FAILURE);
+    }
     let mut notes = Vec::new();
     let bundle = match &c.bundle_file {
         None => "no bundle file".to_string(),

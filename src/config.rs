@@ -750,6 +750,138 @@ fn check_cloud_files(cloud: &Cloud) -> Vec<Problem> {
     problems
 }
 
+/// `check-config`'s look at the cloud identity (not `load`'s: a daemon
+/// with a wrong certificate still serves the bundle it has, and the cloud's
+/// refusal shows in status).
+pub fn check_identity(config: &Config) -> Vec<Problem> {
+    match &config.cloud {
+        Some(c) if c.client_cert.is_file() && c.client_key.is_file() => {
+            check_cloud_identity(c, &config.device)
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The client certificate is for this device (its subject CN is the serial,
+/// as the cloud issues them) and the client key is its key.
+fn check_cloud_identity(cloud: &Cloud, device: &str) -> Vec<Problem> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let problem = |key: &str, message: String| Problem {
+        key: key.into(),
+        message,
+    };
+    let cert = match CertificateDer::from_pem_file(&cloud.client_cert) {
+        Ok(c) => c,
+        Err(e) => {
+            return vec![problem(
+                "cloud.client_cert",
+                format!(
+                    "{}: not a PEM certificate ({e})",
+                    cloud.client_cert.display()
+                ),
+            )]
+        }
+    };
+    let mut problems = Vec::new();
+    match subject_cn(&cert) {
+        Some(cn) if cn == device => {}
+        Some(cn) => problems.push(problem(
+            "cloud.client_cert",
+            format!(
+                "certificate is for {}, this gateway is {device}; install this gateway's own certificate and key",
+                crate::text::shown(&cn)
+            ),
+        )),
+        None => problems.push(problem(
+            "cloud.client_cert",
+            format!(
+                "{}: no subject CN (the cloud names the device there); install the certificate the cloud issued for {device}",
+                cloud.client_cert.display()
+            ),
+        )),
+    }
+    let key = match PrivateKeyDer::from_pem_file(&cloud.client_key) {
+        Ok(k) => k,
+        Err(e) => {
+            problems.push(problem(
+                "cloud.client_key",
+                format!(
+                    "{}: not a PEM private key ({e})",
+                    cloud.client_key.display()
+                ),
+            ));
+            return problems;
+        }
+    };
+    let provider = rustls::crypto::ring::default_provider();
+    match rustls::sign::CertifiedKey::from_der(vec![cert], key, &provider) {
+        Ok(_) => {}
+        Err(rustls::Error::InconsistentKeys(_)) => problems.push(problem(
+            "cloud.client_key",
+            "does not match cloud.client_cert; install the key the certificate was issued for"
+                .into(),
+        )),
+        Err(e) => problems.push(problem(
+            "cloud.client_key",
+            format!(
+                "{}: not a usable private key ({e})",
+                cloud.client_key.display()
+            ),
+        )),
+    }
+    problems
+}
+
+/// The subject CN of a DER certificate, read with a minimal DER walk (the
+/// gateway needs nothing else from a certificate: no X.509 crate for it).
+pub fn subject_cn(der: &[u8]) -> Option<String> {
+    /// One DER element: (tag, contents, the bytes after it).
+    fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = input.split_first()?;
+        let (&first, mut rest) = rest.split_first()?;
+        let len = if first < 0x80 {
+            usize::from(first)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let len = rest[..n]
+                .iter()
+                .fold(0usize, |l, b| l << 8 | usize::from(*b));
+            rest = &rest[n..];
+            len
+        };
+        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+    }
+    let (_, cert, _) = tlv(der)?;
+    let (_, mut tbs, _) = tlv(cert)?;
+    let mut fields = Vec::new();
+    while !tbs.is_empty() && fields.len() < 7 {
+        let (tag, value, rest) = tlv(tbs)?;
+        fields.push((tag, value));
+        tbs = rest;
+    }
+    // [0] version (optional), serial, signature, issuer, validity, subject.
+    let skip = usize::from(fields.first()?.0 == 0xa0);
+    let mut rdns = fields.get(skip + 4)?.1;
+    while !rdns.is_empty() {
+        let (_, mut set, rest) = tlv(rdns)?;
+        rdns = rest;
+        while !set.is_empty() {
+            let (_, atv, rest) = tlv(set)?;
+            set = rest;
+            let (tag, oid, value) = tlv(atv)?;
+            if tag == 0x06 && oid == [0x55, 0x04, 0x03] {
+                let (_, text, _) = tlv(value)?;
+                return String::from_utf8(text.to_vec()).ok();
+            }
+        }
+    }
+    None
+}
+
 impl Config {
     /// The licensing rules this config sets.
     pub fn license_rules(&self) -> Rules {
@@ -1001,5 +1133,59 @@ mod tests {
                 assert!(g.starts_with(w), "{name}: {g:?} does not start with {w:?}");
             }
         }
+    }
+
+    #[test]
+    fn client_certificate_must_be_this_devices_and_match_its_key() {
+        use rcgen::{CertificateParams, DnType, KeyPair};
+        let dir = tempfile::tempdir().unwrap();
+        let cert_for = |serial: &str, key: &KeyPair| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(DnType::CommonName, serial);
+            params.self_signed(key).unwrap().pem()
+        };
+        let (k1, k2) = (KeyPair::generate().unwrap(), KeyPair::generate().unwrap());
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let cloud = |cert: &str, key: &str| Cloud {
+            url: "https://c/".parse().unwrap(),
+            ca_file: dir.path().join("ca.pem"),
+            client_cert: write("c.pem", cert),
+            client_key: write("c.key", key),
+            poll_interval: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+        };
+        let got = |c: &Cloud| -> Vec<String> {
+            check_cloud_identity(c, "ESG-A1")
+                .into_iter()
+                .map(|p| format!("{}: {}", p.key, p.message))
+                .collect()
+        };
+        let a1 = cert_for("ESG-A1", &k1);
+        let der = rustls::pki_types::pem::PemObject::from_pem_slice(a1.as_bytes()).unwrap();
+        let der: rustls::pki_types::CertificateDer = der;
+        assert_eq!(subject_cn(&der).as_deref(), Some("ESG-A1"));
+        assert_eq!(subject_cn(b"\x30\x05junk"), None);
+        assert!(got(&cloud(&a1, &k1.serialize_pem())).is_empty());
+        let wrong = got(&cloud(&cert_for("ESG-B2", &k1), &k1.serialize_pem()));
+        assert_eq!(wrong.len(), 1, "{wrong:?}");
+        assert!(
+            wrong[0].starts_with(
+                "cloud.client_cert: certificate is for ESG-B2, this gateway is ESG-A1"
+            ),
+            "{wrong:?}"
+        );
+        let mismatch = got(&cloud(&a1, &k2.serialize_pem()));
+        assert_eq!(mismatch.len(), 1, "{mismatch:?}");
+        assert!(
+            mismatch[0].starts_with("cloud.client_key: does not match cloud.client_cert"),
+            "{mismatch:?}"
+        );
+        let garbage = got(&cloud("not pem", "not pem"));
+        assert!(garbage[0].starts_with("cloud.client_cert:"), "{garbage:?}");
     }
 }

@@ -10,8 +10,7 @@
 //! the device serial. Every bundle answer (200 and 304) carries a signed
 //! time stamp for the request's nonce (`Seatgate-Time`).
 //!
-//!   cargo run -p devcloud -- --dir /tmp/dc init
-//!   cargo run -p devcloud -- --dir /tmp/dc device add ESG-A1 --org ORG-1
+//!   cargo run -p devcloud -- --dir /tmp/dc init --device ESG-A1 --org ORG-1 --config-dir /etc/seatgate
 //!   cargo run -p devcloud -- --dir /tmp/dc license add LIC-1 --device ESG-A1 --seats 20
 //!   cargo run -p devcloud -- --dir /tmp/dc serve --addr 127.0.0.1:8443
 //!
@@ -74,6 +73,22 @@ enum Command {
         /// Bundles are valid this long after issue (their not_after).
         #[arg(long, default_value_t = 7 * 24 * 3600)]
         ttl_secs: u64,
+        /// Also register this device and issue its client certificate, so
+        /// the printed `[cloud]` section is complete.
+        #[arg(long)]
+        device: Option<String>,
+        /// The device's organization (with --device).
+        #[arg(long, default_value = "ORG-DEV")]
+        org: String,
+        /// The directory the gateway's seatgate.toml will live in: the
+        /// printed paths are relative to it (seatgate resolves relative
+        /// paths against the config file's directory). Without it they are
+        /// absolute.
+        #[arg(long)]
+        config_dir: Option<PathBuf>,
+        /// The URL the gateway reaches `serve` at (its default address).
+        #[arg(long, default_value = "https://127.0.0.1:8443/")]
+        url: String,
     },
     /// Serve the cloud API over HTTPS (writes the bound address to DIR/addr).
     Serve {
@@ -216,29 +231,23 @@ fn main() -> Result<()> {
         Command::Init {
             signing_key,
             ttl_secs,
-        } => init(&dir, signing_key, ttl_secs),
+            device,
+            org,
+            config_dir,
+            url,
+        } => {
+            init(&dir, signing_key, ttl_secs)?;
+            if let Some(serial) = &device {
+                add_device(&dir, serial, &org)?;
+            }
+            print_section(&dir, device.as_deref(), config_dir.as_deref(), &url)
+        }
         Command::Serve { addr, lease_ms } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
             .block_on(serve(dir, addr, lease_ms.max(300))),
         Command::Show => show(&dir),
-        Command::Device(DeviceCmd::Add { serial, org }) => {
-            change(&dir, |s| {
-                if s.devices.contains_key(&serial) {
-                    bail!("device {serial} is already registered");
-                }
-                s.devices.insert(
-                    serial.clone(),
-                    Device {
-                        org,
-                        replaced_by: None,
-                        fault: Fault::None,
-                    },
-                );
-                Ok(())
-            })?;
-            issue_device_cert(&dir, &serial)
-        }
+        Command::Device(DeviceCmd::Add { serial, org }) => add_device(&dir, &serial, &org),
         Command::Device(DeviceCmd::Replace { old, new }) => {
             let fresh = !load(&dir)?.devices.contains_key(&new);
             change(&dir, |s| {
@@ -515,12 +524,94 @@ fn init(dir: &Path, signing_key: Option<String>, ttl_secs: u64) -> Result<()> {
         },
     )?;
     println!("devcloud initialised in {}", dir.display());
-    println!("gateway [license] trusted_keys = [\"{public}\"]");
-    println!(
-        "gateway [cloud] ca_file = \"{}\"",
-        dir.join("ca.pem").display()
-    );
     Ok(())
+}
+
+fn add_device(dir: &Path, serial: &str, org: &str) -> Result<()> {
+    change(dir, |s| {
+        if s.devices.contains_key(serial) {
+            bail!("device {serial} is already registered");
+        }
+        s.devices.insert(
+            serial.to_string(),
+            Device {
+                org: org.to_string(),
+                replaced_by: None,
+                fault: Fault::None,
+            },
+        );
+        Ok(())
+    })?;
+    issue_device_cert(dir, serial)
+}
+
+/// Prints what a gateway's config needs to use this cloud: the trusted key
+/// and a `[cloud]` section that works pasted as it is (paths relative to
+/// `config_dir` when given, else absolute).
+fn print_section(
+    dir: &Path,
+    device: Option<&str>,
+    config_dir: Option<&Path>,
+    url: &str,
+) -> Result<()> {
+    let dir = std::path::absolute(dir)?;
+    let base = config_dir.map(std::path::absolute).transpose()?;
+    let shown = |p: PathBuf| -> String {
+        let p = match &base {
+            Some(b) => relative(&p, b),
+            None => p,
+        };
+        // TOML basic string: the path's backslashes and quotes escaped.
+        p.display()
+            .to_string()
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+    };
+    let public = std::fs::read_to_string(dir.join("signing.pub"))?;
+    let mut out = match &base {
+        Some(b) => format!(
+            "# For the gateway's seatgate.toml in {} (relative paths follow the config file):\n",
+            b.display()
+        ),
+        None => "# For the gateway's seatgate.toml (absolute paths):\n".to_string(),
+    };
+    if let Some(serial) = device {
+        out += &format!("device = \"{serial}\"\n");
+    }
+    out += &format!("\n[license]\ntrusted_keys = [\"{}\"]\n", public.trim());
+    out += &format!(
+        "\n[cloud]\nurl = \"{url}\"\nca_file = \"{}\"\n",
+        shown(dir.join("ca.pem"))
+    );
+    match device {
+        Some(serial) => {
+            out += &format!(
+                "client_cert = \"{}\"\nclient_key = \"{}\"\n",
+                shown(dir.join(format!("devices/{serial}.pem"))),
+                shown(dir.join(format!("devices/{serial}.key")))
+            );
+        }
+        None => {
+            out += "# client_cert, client_key: `devcloud device add SERIAL` issues them in DIR/devices/ (or init with --device SERIAL)\n";
+        }
+    }
+    print!("{out}");
+    Ok(())
+}
+
+/// `path` relative to the directory `base` (both absolute), going up with
+/// `..` where they part.
+fn relative(path: &Path, base: &Path) -> PathBuf {
+    let (p, b): (Vec<_>, Vec<_>) = (path.components().collect(), base.components().collect());
+    let common = p.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let mut out = PathBuf::new();
+    for _ in common..b.len() {
+        out.push("..");
+    }
+    for c in &p[common..] {
+        out.push(c);
+    }
+    out
 }
 
 fn issue_device_cert(dir: &Path, serial: &str) -> Result<()> {
@@ -547,54 +638,6 @@ fn issue_device_cert(dir: &Path, serial: &str) -> Result<()> {
         devices.join(format!("{serial}.pem")).display()
     );
     Ok(())
-}
-
-/// The subject CN of a DER certificate, read with a minimal DER walk.
-fn subject_cn(der: &[u8]) -> Option<String> {
-    /// One DER element: (tag, contents, the bytes after it).
-    fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-        let (&tag, rest) = input.split_first()?;
-        let (&first, mut rest) = rest.split_first()?;
-        let len = if first < 0x80 {
-            usize::from(first)
-        } else {
-            let n = usize::from(first & 0x7f);
-            if n == 0 || n > 4 || rest.len() < n {
-                return None;
-            }
-            let len = rest[..n]
-                .iter()
-                .fold(0usize, |l, b| l << 8 | usize::from(*b));
-            rest = &rest[n..];
-            len
-        };
-        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
-    }
-    let (_, cert, _) = tlv(der)?;
-    let (_, mut tbs, _) = tlv(cert)?;
-    let mut fields = Vec::new();
-    while !tbs.is_empty() && fields.len() < 7 {
-        let (tag, value, rest) = tlv(tbs)?;
-        fields.push((tag, value));
-        tbs = rest;
-    }
-    // [0] version (optional), serial, signature, issuer, validity, subject.
-    let skip = usize::from(fields.first()?.0 == 0xa0);
-    let mut rdns = fields.get(skip + 4)?.1;
-    while !rdns.is_empty() {
-        let (_, mut set, rest) = tlv(rdns)?;
-        rdns = rest;
-        while !set.is_empty() {
-            let (_, atv, rest) = tlv(set)?;
-            set = rest;
-            let (tag, oid, value) = tlv(atv)?;
-            if tag == 0x06 && oid == [0x55, 0x04, 0x03] {
-                let (_, text, _) = tlv(value)?;
-                return String::from_utf8(text.to_vec()).ok();
-            }
-        }
-    }
-    None
 }
 
 // ---- bundles ----
@@ -851,7 +894,7 @@ async fn serve(dir: PathBuf, addr: SocketAddr, lease_ms: u64) -> Result<()> {
                 .1
                 .peer_certificates()
                 .and_then(|c| c.first())
-                .and_then(|c| subject_cn(c.as_ref()));
+                .and_then(|c| seatgate::config::subject_cn(c.as_ref()));
             let service = hyper::service::service_fn(move |req| {
                 let (dir, cn, pools) = (dir.clone(), cn.clone(), pools.clone());
                 async move { Ok::<_, Infallible>(handle(&dir, &pools, cn.as_deref(), req).await) }
@@ -1045,5 +1088,25 @@ async fn route(
             "method",
             "GET bundle, POST usage or POST pools",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_relative_to_the_config_directory() {
+        let cases = [
+            ("/a/dc/ca.pem", "/a/dc", "ca.pem"),
+            ("/a/dc/devices/X.pem", "/a/gw", "../dc/devices/X.pem"),
+            ("/tmp/dc/ca.pem", "/etc/seatgate", "../../tmp/dc/ca.pem"),
+        ];
+        for (path, base, want) in cases {
+            assert_eq!(
+                relative(Path::new(path), Path::new(base)),
+                PathBuf::from(want)
+            );
+        }
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use seatgate::admission::protocol::Request;
 use seatgate::cloud::policy::{FailureKind, Severity, StampSeen};
-use seatgate::license::bundle::{encode_secret_key, Signed};
+use seatgate::license::bundle::{encode_public_key, encode_secret_key, Signed};
 use seatgate::status::Status;
 
 use super::util::{admitted, bin, call, wait_for, Cloud, Daemon, FakeServer, Gateway, DEVICE};
@@ -297,6 +297,24 @@ fn cloud_lifecycle_add_share_move_expire_replace_reaches_the_gateway() {
     cloud.run(&["license", "move", "LIC-1", "--to", "ESG-PEER"]);
     let s = cap_becomes(&d, 2, "the moved license to leave");
     assert_eq!((s.in_use, s.over_cap_by), (30, 28));
+    // The gateway says which licenses went, and since which bundle.
+    let dropped = s.dropped.clone().expect("dropped licenses in status");
+    assert_eq!(
+        dropped.ids,
+        vec!["LIC-1".to_string(), "LIC-BIG".to_string()]
+    );
+    assert_eq!(
+        Some(dropped.since_generation),
+        s.bundle.as_ref().map(|b| b.generation)
+    );
+    let text = String::from_utf8(gw.cli(&["status"]).stdout).unwrap();
+    assert!(
+        text.contains(&format!(
+            "licenses no longer bound here since generation {}: LIC-1, LIC-BIG (moved, replaced or unshared)",
+            dropped.since_generation
+        )),
+        "{text}"
+    );
     assert!(!admitted(&vpn.try_call(&vpn.admit("new")).unwrap()));
     for i in 0..27 {
         release(&d, &format!("s{i}"));
@@ -329,7 +347,9 @@ fn cloud_lifecycle_add_share_move_expire_replace_reaches_the_gateway() {
     ]);
     cap_becomes(&d, 12, "LIC-3 to count");
     cloud.run(&["device", "replace", DEVICE, "ESG-NEW"]);
-    cap_becomes(&d, 2, "the replaced gateway to lose its licenses");
+    let s = cap_becomes(&d, 2, "the replaced gateway to lose its licenses");
+    let ids = s.dropped.map(|d| d.ids).unwrap_or_default();
+    assert!(ids.contains(&"LIC-3".to_string()), "{ids:?}");
     assert!(cloud.path("devices/ESG-NEW.pem").is_file());
 }
 
@@ -366,6 +386,23 @@ fn cloud_down_keeps_the_cap_a_restart_serves_the_cache_and_sync_recovers() {
     let text = String::from_utf8(gw.cli(&["status"]).stdout).unwrap();
     assert!(text.contains("LAST ATTEMPT FAILED (transient"), "{text}");
     assert!(text.contains("** WARNING: no sync since"), "{text}");
+    // No sync since the restart does not hide the bundle in force: its age
+    // shows, and the timeline's last step is the bundle ending, not a
+    // license expiring.
+    assert!(
+        text.contains("last sync: none since start; bundle in force issued "),
+        "{text}"
+    );
+    assert!(text.contains("ago), valid until "), "{text}");
+    assert!(text.contains(", then 2 (bundle ends)"), "{text}");
+    let s = d.status();
+    assert!(
+        s.timeline.last().is_some_and(|t| t.bundle_ends),
+        "{:?}",
+        s.timeline
+    );
+    let b = s.bundle.expect("bundle in force");
+    assert_eq!(b.age_secs, (s.now - b.issued_at).num_seconds().max(0));
 
     // A license added while the gateway could not see the cloud arrives
     // when the cloud is back (backoff capped at 600 ms).
@@ -665,4 +702,117 @@ fn missing_forged_or_replayed_stamps_change_nothing_and_say_so() {
         .matches("signed time stamp from the cloud refused")
         .count();
     assert_eq!(refusals, 2, "one warning per change, not per sync: {log}");
+}
+
+#[test]
+fn check_config_says_whose_certificate_it_is_and_whether_the_key_matches() {
+    let gw0 = signer();
+    let cloud = DevCloud::new(&gw0, 3600);
+    cloud.run(&["device", "add", "ESG-B2", "--org", "ORG-T"]);
+    let mine = Identity::of(&cloud, DEVICE);
+    let other = Identity::of(&cloud, "ESG-B2");
+    let cases = [
+        (
+            "another device's certificate and key",
+            Identity {
+                ca: mine.ca.clone(),
+                ..Identity::of(&cloud, "ESG-B2")
+            },
+            format!("cloud.client_cert: certificate is for ESG-B2, this gateway is {DEVICE}"),
+        ),
+        (
+            "this device's certificate, another key",
+            Identity {
+                ca: mine.ca.clone(),
+                cert: mine.cert.clone(),
+                key: other.key.clone(),
+            },
+            "cloud.client_key: does not match cloud.client_cert".to_string(),
+        ),
+    ];
+    for (name, id, want) in cases {
+        let gw = cloud_gateway(&cloud, &id);
+        let out = gw.cli(&["check-config"]);
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(!out.status.success(), "{name}: {err}");
+        assert!(err.contains(&want), "{name}: {err}");
+        assert!(err.contains("has 1 problem(s)"), "{name}: {err}");
+    }
+    let gw = cloud_gateway(&cloud, &mine);
+    let out = gw.cli(&["check-config"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn init_prints_a_cloud_section_that_works_pasted_into_the_gateway_config() {
+    let gw = Gateway::new(0);
+    let _ = std::fs::remove_file(gw.path("bundle.json"));
+    // The address serve will listen on, known before init prints the URL.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cloud = DevCloud {
+        dir: tempfile::Builder::new()
+            .prefix("seatgate-devcloud-")
+            .tempdir()
+            .unwrap(),
+        server: None,
+        addr: format!("127.0.0.1:{port}"),
+        serve_args: Vec::new(),
+    };
+    let out = Command::new(devcloud_bin())
+        .arg("--dir")
+        .arg(cloud.dir.path())
+        .args(["init", "--signing-key", &encode_secret_key(&gw.key)])
+        .args(["--device", DEVICE, "--org", "ORG-T", "--config-dir"])
+        .arg(gw.dir.path())
+        .args(["--url", &format!("https://127.0.0.1:{port}/")])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        printed.contains(&format!(
+            "trusted_keys = [\"{}\"]",
+            encode_public_key(&gw.key.verifying_key())
+        )),
+        "{printed}"
+    );
+    let section = &printed[printed.find("[cloud]").expect("a [cloud] section")..];
+    for key in ["url", "ca_file", "client_cert", "client_key"] {
+        let line = section
+            .lines()
+            .find(|l| l.starts_with(&format!("{key} = \"")))
+            .unwrap_or_else(|| panic!("{key} in {section}"));
+        assert!(!line.contains("= \"/"), "relative paths: {line}");
+    }
+    // Pasted as printed (the gateway's own config has its device and key).
+    std::fs::write(
+        gw.config_path(),
+        format!("{}{section}", gw.config().no_bundle_file().build()),
+    )
+    .unwrap();
+    let out = gw.cli(&["check-config"]);
+    assert!(
+        out.status.success(),
+        "{section}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8(out.stdout).unwrap().contains(": ok"));
+    cloud.run(&[
+        "license", "add", "LIC-1", "--device", DEVICE, "--seats", "20",
+    ]);
+    cloud.start();
+    let d = gw.start();
+    cap_becomes(&d, 22, "the pasted section to sync");
 }
