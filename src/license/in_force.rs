@@ -84,7 +84,7 @@ impl Dropped {
         }
         let p = previous?;
         let ids: Vec<String> = p.ids.iter().filter(|id| !has(after, id)).cloned().collect();
-        (!ids.is_empty()).then(|| Dropped {
+        (!ids.is_empty()).then_some(Dropped {
             since_generation: p.since_generation,
             ids,
         })
