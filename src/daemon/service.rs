@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
@@ -275,11 +275,17 @@ impl Shared {
                 // Off the runtime thread: a large table takes milliseconds
                 // to render, and admissions must not wait for it.
                 tokio::task::spawn_blocking(move || {
-                    let started = Instant::now();
+                    let (started, cpu) = (Instant::now(), process::thread_cpu_time());
                     let status = self.peek().status(Utc::now(), Instant::now());
                     let json = serde_json::to_vec(&status).expect("a status always serialises");
-                    let made = (started, Instant::now());
-                    self.status_cache.finish(version, made, &json, done);
+                    // Only a large table is ever served stale for a while.
+                    let cost = if status.sessions.len() < SMALL_TABLE {
+                        Duration::ZERO
+                    } else {
+                        process::thread_cpu_time().saturating_sub(cpu)
+                    };
+                    self.status_cache
+                        .finish(version, (started, cost), &json, done);
                 });
                 Bytes::Pending(pending)
             }
@@ -287,6 +293,10 @@ impl Shared {
         Reply { bytes, undo: None }
     }
 }
+
+/// Status renderings of tables smaller than this are always fresh (see
+/// `status_cache`: a large table's rendering is spaced by its cost).
+const SMALL_TABLE: usize = 1000;
 
 fn answer(response: Response) -> Reply {
     Reply {

@@ -41,9 +41,10 @@ pub enum Lookup {
 const FRESH: Duration = Duration::from_secs(1);
 /// The most bytes of older renderings alive at once.
 const BUDGET: usize = 8 << 20;
-/// A rendering that took longer than this is not redone sooner than
-/// `SPACING` times its cost.
-const CHEAP: Duration = Duration::from_millis(1);
+/// A rendering that took more CPU time than this (thousands of sessions;
+/// CPU time, so a busy machine does not make a small table look costly)
+/// is not redone sooner than `SPACING` times its cost.
+const CHEAP: Duration = Duration::from_millis(2);
 const SPACING: u32 = 10;
 
 impl StatusCache {
@@ -79,13 +80,13 @@ impl StatusCache {
         Lookup::Render(done)
     }
 
-    /// Takes a finished rendering (`json`, the status alone, made from
-    /// `started` to `finished` for `version`) and hands its answer line to
-    /// its readers.
+    /// Takes a finished rendering (`json`, the status alone, begun at
+    /// `started` for `version`, costing `cost` of CPU time) and hands its
+    /// answer line to its readers.
     pub fn finish(
         &self,
         version: u64,
-        (started, finished): (Instant, Instant),
+        (started, cost): (Instant, Duration),
         json: &[u8],
         done: watch::Sender<Option<Arc<[u8]>>>,
     ) {
@@ -94,7 +95,7 @@ impl StatusCache {
         line.extend_from_slice(b"}\n");
         let bytes: Arc<[u8]> = line.into();
         let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        r.cost = finished.saturating_duration_since(started);
+        r.cost = cost;
         r.alive.push(Arc::downgrade(&bytes));
         if r.latest.as_ref().is_none_or(|(v, _, _)| *v <= version) {
             r.latest = Some((version, started, bytes.clone()));
@@ -115,7 +116,7 @@ mod tests {
         match cache.lookup(version, at) {
             Lookup::Render(done) => {
                 let rx = done.subscribe();
-                cache.finish(version, (at, at), json, done);
+                cache.finish(version, (at, Duration::ZERO), json, done);
                 let bytes = rx.borrow().clone().unwrap();
                 bytes
             }
@@ -144,7 +145,7 @@ mod tests {
         let Lookup::Rendering(pending) = cache.lookup(3, t0) else {
             panic!("the one under way is shared")
         };
-        cache.finish(3, (t0, t0), b"3", done);
+        cache.finish(3, (t0, Duration::ZERO), b"3", done);
         assert!(pending.borrow().is_some());
     }
 
@@ -156,7 +157,7 @@ mod tests {
         let Lookup::Render(done) = cache.lookup(1, t0) else {
             panic!("a render is due")
         };
-        cache.finish(1, (t0, t0 + ms(5)), b"1", done);
+        cache.finish(1, (t0, ms(5)), b"1", done);
         assert!(matches!(cache.lookup(2, t0 + ms(49)), Lookup::Ready(_)));
         assert!(matches!(cache.lookup(2, t0 + ms(51)), Lookup::Render(_)));
         // A cheap one is redone at once for a new version.
@@ -164,7 +165,7 @@ mod tests {
         let Lookup::Render(done) = cheap.lookup(1, t0) else {
             panic!("a render is due")
         };
-        cheap.finish(1, (t0, t0 + Duration::from_micros(50)), b"1", done);
+        cheap.finish(1, (t0, Duration::from_micros(50)), b"1", done);
         assert!(matches!(cheap.lookup(1, t0 + ms(1)), Lookup::Ready(_)));
         assert!(matches!(cheap.lookup(2, t0 + ms(1)), Lookup::Render(_)));
     }

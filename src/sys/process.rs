@@ -171,6 +171,13 @@ pub fn locate(
     None
 }
 
+/// CPU time the calling thread has used (zero where the clock is missing).
+pub fn thread_cpu_time() -> std::time::Duration {
+    use nix::time::{clock_gettime, ClockId};
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map_or(std::time::Duration::ZERO, std::time::Duration::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
