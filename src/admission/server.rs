@@ -26,8 +26,8 @@ use crate::sys;
 #[derive(Debug)]
 pub enum Bytes {
     Owned(Vec<u8>),
-    Shared(Arc<[u8]>),
-    Pending(watch::Receiver<Option<Arc<[u8]>>>),
+    Shared(Arc<Vec<u8>>),
+    Pending(watch::Receiver<Option<Arc<Vec<u8>>>>),
 }
 
 impl Bytes {

@@ -276,16 +276,18 @@ impl Shared {
                 // to render, and admissions must not wait for it.
                 tokio::task::spawn_blocking(move || {
                     let (started, cpu) = (Instant::now(), process::thread_cpu_time());
-                    let status = self.peek().status(Utc::now(), Instant::now());
-                    let json = serde_json::to_vec(&status).expect("a status always serialises");
-                    // Only a large table is ever served stale for a while.
-                    let cost = if status.sessions.len() < SMALL_TABLE {
-                        Duration::ZERO
-                    } else {
-                        process::thread_cpu_time().saturating_sub(cpu)
+                    let write = |line: &mut Vec<u8>| {
+                        let status = self.peek().status(Utc::now(), Instant::now());
+                        serde_json::to_writer(&mut *line, &status)
+                            .expect("a status always serialises");
+                        // Only a large table is ever served stale for a while.
+                        if status.sessions.len() < SMALL_TABLE {
+                            Duration::ZERO
+                        } else {
+                            process::thread_cpu_time().saturating_sub(cpu)
+                        }
                     };
-                    self.status_cache
-                        .finish(version, (started, cost), &json, done);
+                    self.status_cache.finish(version, started, write, done);
                 });
                 Bytes::Pending(pending)
             }

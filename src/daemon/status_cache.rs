@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+/// One rendered answer line, shared by its readers.
+pub type Line = Arc<Vec<u8>>;
 /// A rendering on its way: the answer line once it is made.
-pub type Pending = watch::Receiver<Option<Arc<[u8]>>>;
+pub type Pending = watch::Receiver<Option<Line>>;
 
 #[derive(Default)]
 pub struct StatusCache(Mutex<Renderings>);
@@ -19,28 +21,28 @@ pub struct StatusCache(Mutex<Renderings>);
 #[derive(Default)]
 struct Renderings {
     /// The newest rendering: the state version it shows and when it began.
-    latest: Option<(u64, Instant, Arc<[u8]>)>,
+    latest: Option<(u64, Instant, Line)>,
     /// The rendering under way, and the version it shows.
     rendering: Option<(u64, Pending)>,
     /// Every rendering some reader may still hold.
-    alive: Vec<Weak<[u8]>>,
+    alive: Vec<Weak<Vec<u8>>>,
     /// How long the latest rendering took.
     cost: Duration,
 }
 
 /// What a status reader gets.
 pub enum Lookup {
-    Ready(Arc<[u8]>),
+    Ready(Line),
     Rendering(Pending),
     /// Render it and give the result to `finish` with this sender.
-    Render(watch::Sender<Option<Arc<[u8]>>>),
+    Render(watch::Sender<Option<Line>>),
 }
 
 /// A rendering is fresh for this long (status shows times and the cap,
 /// which move with the clock alone).
 const FRESH: Duration = Duration::from_secs(1);
 /// The most bytes of older renderings alive at once.
-const BUDGET: usize = 8 << 20;
+const BUDGET: usize = 4 << 20;
 /// A rendering that took more CPU time than this (thousands of sessions;
 /// CPU time, so a busy machine does not make a small table look costly)
 /// is not redone sooner than `SPACING` times its cost.
@@ -80,20 +82,22 @@ impl StatusCache {
         Lookup::Render(done)
     }
 
-    /// Takes a finished rendering (`json`, the status alone, begun at
-    /// `started` for `version`, costing `cost` of CPU time) and hands its
-    /// answer line to its readers.
+    /// Makes the rendering begun at `started` for `version`: `write_json`
+    /// appends the status JSON and returns what it cost (CPU time), and
+    /// hands the answer line to its readers. The line is written once, in
+    /// one buffer: a large table's is megabytes.
     pub fn finish(
         &self,
         version: u64,
-        (started, cost): (Instant, Duration),
-        json: &[u8],
-        done: watch::Sender<Option<Arc<[u8]>>>,
+        started: Instant,
+        write_json: impl FnOnce(&mut Vec<u8>) -> Duration,
+        done: watch::Sender<Option<Line>>,
     ) {
         let mut line = br#"{"ok":true,"status":"#.to_vec();
-        line.extend_from_slice(json);
+        let cost = write_json(&mut line);
         line.extend_from_slice(b"}\n");
-        let bytes: Arc<[u8]> = line.into();
+        line.shrink_to_fit();
+        let bytes: Line = Arc::new(line);
         let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
         r.cost = cost;
         r.alive.push(Arc::downgrade(&bytes));
@@ -112,11 +116,16 @@ impl StatusCache {
 mod tests {
     use super::*;
 
-    fn render(cache: &StatusCache, version: u64, at: Instant, json: &[u8]) -> Arc<[u8]> {
+    fn write(line: &mut Vec<u8>, json: &[u8], cost: Duration) -> Duration {
+        line.extend_from_slice(json);
+        cost
+    }
+
+    fn render(cache: &StatusCache, version: u64, at: Instant, json: &'static [u8]) -> Line {
         match cache.lookup(version, at) {
             Lookup::Render(done) => {
                 let rx = done.subscribe();
-                cache.finish(version, (at, Duration::ZERO), json, done);
+                cache.finish(version, at, |b| write(b, json, Duration::ZERO), done);
                 let bytes = rx.borrow().clone().unwrap();
                 bytes
             }
@@ -145,7 +154,7 @@ mod tests {
         let Lookup::Rendering(pending) = cache.lookup(3, t0) else {
             panic!("the one under way is shared")
         };
-        cache.finish(3, (t0, Duration::ZERO), b"3", done);
+        cache.finish(3, t0, |b| write(b, b"3", Duration::ZERO), done);
         assert!(pending.borrow().is_some());
     }
 
@@ -157,7 +166,7 @@ mod tests {
         let Lookup::Render(done) = cache.lookup(1, t0) else {
             panic!("a render is due")
         };
-        cache.finish(1, (t0, ms(5)), b"1", done);
+        cache.finish(1, t0, |b| write(b, b"1", ms(5)), done);
         assert!(matches!(cache.lookup(2, t0 + ms(49)), Lookup::Ready(_)));
         assert!(matches!(cache.lookup(2, t0 + ms(51)), Lookup::Render(_)));
         // A cheap one is redone at once for a new version.
@@ -165,7 +174,7 @@ mod tests {
         let Lookup::Render(done) = cheap.lookup(1, t0) else {
             panic!("a render is due")
         };
-        cheap.finish(1, (t0, Duration::from_micros(50)), b"1", done);
+        cheap.finish(1, t0, |b| write(b, b"1", Duration::from_micros(50)), done);
         assert!(matches!(cheap.lookup(1, t0 + ms(1)), Lookup::Ready(_)));
         assert!(matches!(cheap.lookup(2, t0 + ms(1)), Lookup::Render(_)));
     }
