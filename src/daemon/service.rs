@@ -81,29 +81,7 @@ impl Service for Shared {
                 let usage = serde_json::to_value(&report).expect("a usage report serialises");
                 answer(Response::Usage(Box::new(UsageResponse { ok: true, usage })))
             }
-            Request::ForgetLost => {
-                let mut state = self.lock();
-                let was = state.seats.table().lost;
-                let fault = state.seats.set_lost(0);
-                let in_use = state.seats.in_use();
-                drop(state);
-                log_release_fault(fault);
-                if was > 0 {
-                    alerting::usage(&self);
-                    tracing::warn!(
-                        lost = was,
-                        in_use,
-                        operator_uid = peer.uid,
-                        operator_pid = peer.pid,
-                        "an operator freed the seats of sessions lost with a damaged snapshot"
-                    );
-                }
-                answer(Response::Release(ReleaseResponse {
-                    ok: true,
-                    released: was > 0,
-                    in_use,
-                }))
-            }
+            Request::ForgetLost => self.forget_lost(peer),
         }
     }
 
@@ -160,6 +138,31 @@ fn alive(server: &ServerId) -> bool {
 }
 
 impl Shared {
+    /// Frees the seats of sessions lost with a damaged snapshot.
+    fn forget_lost(&self, peer: &Peer) -> Reply {
+        let mut state = self.lock();
+        let was = state.seats.table().lost;
+        let fault = state.seats.set_lost(0);
+        let in_use = state.seats.in_use();
+        drop(state);
+        log_release_fault(fault);
+        if was > 0 {
+            alerting::usage(self);
+            tracing::warn!(
+                lost = was,
+                in_use,
+                operator_uid = peer.uid,
+                operator_pid = peer.pid,
+                "an operator freed the seats of sessions lost with a damaged snapshot"
+            );
+        }
+        answer(Response::Release(ReleaseResponse {
+            ok: true,
+            released: was > 0,
+            in_use,
+        }))
+    }
+
     fn admit(&self, conn: &mut Conn, peer: &Peer, req: &AdmitRequest) -> Reply {
         let started = Instant::now();
         let now = Utc::now();
