@@ -611,28 +611,19 @@ mod tests {
 
     #[test]
     fn refused_records_are_in_status_and_its_text() {
-        use crate::license::bundle::{sign, Bundle, FORMAT};
-        use crate::license::in_force::tests::rules;
+        use crate::license::in_force::tests::{rules, signed_with};
         use crate::license::model::tests::spc;
         use crate::license::License;
         let now = t("2026-06-02T00:00:00Z");
-        let b = Bundle {
-            format: FORMAT,
-            device: "ESG-A1".into(),
-            org: "O".into(),
-            generation: 1,
-            issued_at: t("2026-06-01T00:00:00Z"),
-            not_after: t("2027-06-01T00:00:00Z"),
-            licenses: vec![
-                spc("L1", 20, 365, "2026-01-10T00:00:00Z"),
-                License {
-                    product: "spcc".into(),
-                    ..spc("X1", 20, 365, "2026-01-10T00:00:00Z")
-                },
-                spc("L3", 0, 365, "2026-01-10T00:00:00Z"),
-            ],
-        };
-        let text = sign(&b, &ed25519_dalek::SigningKey::from_bytes(&[1; 32])).to_json();
+        let licenses = vec![
+            spc("L1", 20, 365, "2026-01-10T00:00:00Z"),
+            License {
+                product: "spcc".into(),
+                ..spc("X1", 20, 365, "2026-01-10T00:00:00Z")
+            },
+            spc("L3", 0, 365, "2026-01-10T00:00:00Z"),
+        ];
+        let text = signed_with(1, licenses, 1);
         let mut lic = Licenses::builtin_only(2);
         lic.offer(&rules(), &text, now, std::time::Instant::now())
             .unwrap();

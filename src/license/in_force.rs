@@ -232,7 +232,13 @@ pub(crate) mod tests {
         }
     }
 
-    pub(crate) fn signed(generation: u64, seats: u32, key: u8) -> String {
+    /// A bundle for ESG-A1 (issued 2026-06-01, valid a year) of `licenses`,
+    /// signed with the test key `key` (1 is the trusted one).
+    pub(crate) fn signed_with(
+        generation: u64,
+        licenses: Vec<crate::license::License>,
+        key: u8,
+    ) -> String {
         let b = Bundle {
             format: FORMAT,
             device: "ESG-A1".into(),
@@ -240,9 +246,17 @@ pub(crate) mod tests {
             generation,
             issued_at: t("2026-06-01T00:00:00Z"),
             not_after: t("2027-06-01T00:00:00Z"),
-            licenses: vec![spc("L1", seats, 365, "2026-01-10T00:00:00Z")],
+            licenses,
         };
         sign(&b, &SigningKey::from_bytes(&[key; 32])).to_json()
+    }
+
+    pub(crate) fn signed(generation: u64, seats: u32, key: u8) -> String {
+        signed_with(
+            generation,
+            vec![spc("L1", seats, 365, "2026-01-10T00:00:00Z")],
+            key,
+        )
     }
 
     pub(crate) fn cap(lic: &Licenses) -> u32 {
@@ -297,19 +311,11 @@ pub(crate) mod tests {
     }
 
     fn with_ids(generation: u64, ids: &[&str]) -> String {
-        let b = Bundle {
-            format: FORMAT,
-            device: "ESG-A1".into(),
-            org: "O".into(),
-            generation,
-            issued_at: t("2026-06-01T00:00:00Z"),
-            not_after: t("2027-06-01T00:00:00Z"),
-            licenses: ids
-                .iter()
-                .map(|id| spc(id, 10, 365, "2026-01-10T00:00:00Z"))
-                .collect(),
-        };
-        sign(&b, &SigningKey::from_bytes(&[1; 32])).to_json()
+        let licenses = ids
+            .iter()
+            .map(|id| spc(id, 10, 365, "2026-01-10T00:00:00Z"))
+            .collect();
+        signed_with(generation, licenses, 1)
     }
 
     #[test]

@@ -184,23 +184,12 @@ impl LicenseReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::license::bundle::{sign, Bundle, FORMAT};
-    use crate::license::in_force::tests::rules;
+    use crate::license::in_force::tests::{rules, signed_with};
     use crate::license::model::tests::{spc, t};
     use crate::license::model::{Binding, Pool};
-    use ed25519_dalek::SigningKey;
 
     fn report(licenses: Vec<License>) -> LicenseReport {
-        let b = Bundle {
-            format: FORMAT,
-            device: "ESG-A1".into(),
-            org: "O".into(),
-            generation: 1,
-            issued_at: t("2026-06-01T00:00:00Z"),
-            not_after: t("2027-06-01T00:00:00Z"),
-            licenses,
-        };
-        let text = sign(&b, &SigningKey::from_bytes(&[1; 32])).to_json();
+        let text = signed_with(1, licenses, 1);
         let mut lic = Licenses::builtin_only(2);
         lic.offer(
             &rules(),
