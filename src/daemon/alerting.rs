@@ -8,22 +8,32 @@ use std::time::Instant;
 
 use chrono::Utc;
 
-use super::state::Shared;
-use crate::alerts::{percent, Change};
+use super::state::{Shared, State};
+use crate::alerts::{percent, Change, Thresholds};
 use crate::license::notices::notices;
 
 /// Feeds the alert level the usage now; logs a change.
 pub fn usage(shared: &Shared) {
     let config = shared.config();
-    let thresholds = &config.alerts;
     let mut state = shared.lock();
     let cap = state.cap(Utc::now(), Instant::now());
     let in_use = state.seats.in_use();
-    let change = state.alerts.update(thresholds, in_use, cap);
+    let change = feed(&mut state, &config.alerts, in_use, cap);
+    drop(state);
+    log(change, in_use, cap);
+}
+
+/// Feeds the alert level `in_use` of `cap`, under the state's lock (an
+/// admission has both at hand already).
+pub fn feed(state: &mut State, thresholds: &Thresholds, in_use: u32, cap: u32) -> Option<Change> {
     if state.alert_thresholds != *thresholds {
         state.alert_thresholds = thresholds.clone();
     }
-    drop(state);
+    state.alerts.update(thresholds, in_use, cap)
+}
+
+/// Logs what `feed` changed, outside the lock.
+pub fn log(change: Option<Change>, in_use: u32, cap: u32) {
     let pct = percent(in_use, cap);
     match change {
         Some(Change::Up { to, .. }) => tracing::warn!(

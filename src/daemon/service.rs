@@ -176,6 +176,7 @@ impl Shared {
                 found
             }
         };
+        let config = self.config();
         let mut state = self.lock();
         let mono = Instant::now();
         let cap = state.cap(now, mono);
@@ -212,13 +213,14 @@ impl Shared {
         let fresh = admission.decision == Decision::Admitted { again: false };
         state.admissions.record(fresh, denied, started.elapsed());
         let write_usage = state.record_usage(now, mono, denied.is_some());
+        let alert = alerting::feed(&mut state, &config.alerts, admission.in_use, cap);
         drop(state);
         if write_usage {
             self.persist.ring();
         }
         log_release_fault(fault);
         log_admission(req, &admission, &self.denying, first_at_cap);
-        alerting::usage(self);
+        alerting::log(alert, admission.in_use, cap);
         Reply {
             bytes: Bytes::Owned(Response::Admit(admit_response(&admission)).encode()),
             undo,
