@@ -212,7 +212,7 @@ impl Shared {
         };
         let fresh = admission.decision == Decision::Admitted { again: false };
         state.admissions.record(fresh, denied, started.elapsed());
-        let write_usage = state.record_usage(now, mono, denied.is_some());
+        let write_usage = state.record_usage(now, mono, cap, denied.is_some());
         let alert = alerting::feed(&mut state, &config.alerts, admission.in_use, cap);
         drop(state);
         if write_usage {

@@ -185,12 +185,19 @@ impl State {
         out
     }
 
-    /// Records the seats in use now in the usage history (and a denial).
-    /// True when the history changed and a write of it is due (the writer
-    /// writes it at most every `persist::USAGE_EVERY`).
-    pub fn record_usage(&mut self, system: DateTime<Utc>, mono: Instant, denied: bool) -> bool {
+    /// Records the seats in use now against `cap` (the cap now) in the
+    /// usage history, and a denial. True when the history changed and a
+    /// write of it is due (the writer writes it at most every
+    /// `persist::USAGE_EVERY`).
+    pub fn record_usage(
+        &mut self,
+        system: DateTime<Utc>,
+        mono: Instant,
+        cap: u32,
+        denied: bool,
+    ) -> bool {
         let now = self.licenses.now(system, mono);
-        let (in_use, cap) = (self.seats.in_use(), self.cap(system, mono));
+        let in_use = self.seats.in_use();
         self.usage.record(now, in_use, cap, denied) && self.usage_due(mono)
     }
 

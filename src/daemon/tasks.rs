@@ -69,9 +69,12 @@ pub async fn ticker(shared: Arc<Shared>, cancel: CancellationToken) {
         if cancel.run_until_cancelled(sleep).await.is_none() {
             return;
         }
-        shared
-            .lock()
-            .record_usage(Utc::now(), Instant::now(), false);
+        {
+            let (now, mono) = (Utc::now(), Instant::now());
+            let mut state = shared.lock();
+            let cap = state.cap(now, mono);
+            state.record_usage(now, mono, cap, false);
+        }
         let (cap, in_use, ran_out) = {
             let state = shared.peek();
             let now = state.licenses.now(Utc::now(), Instant::now());
