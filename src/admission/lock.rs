@@ -59,8 +59,7 @@ pub fn acquire(dir: &Path, wait: Duration) -> Result<RuntimeLock, LockError> {
                 let _ = writeln!(lock, "{}", std::process::id());
                 return Ok(RuntimeLock { _lock: lock });
             }
-            Err((mut file, _)) if Instant::now() < deadline => {
-                let _ = &mut file;
+            Err(_) if Instant::now() < deadline => {
                 // The holder is shutting down (or stuck): look again soon.
                 std::thread::sleep(Duration::from_millis(20));
             }

@@ -105,7 +105,6 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
         tracing::error!("{w}");
         file_warnings.push(w);
     }
-    file_warnings.shrink_to_fit();
     let state = State {
         lost_by_source: Default::default(),
         unanswered: 0,
