@@ -10,6 +10,7 @@ use crate::admission::protocol::ServerKind;
 use crate::admission::table::Table;
 use crate::alerts::Thresholds;
 use crate::cloud::policy::{human, CloudStatus, Severity, StampSeen, SyncRecord};
+use crate::cloud::slices::LastChange;
 use crate::license::cap::describe_timeline;
 use crate::license::in_force::{Dropped, Licenses};
 use crate::license::notices::{notices, Notice};
@@ -232,6 +233,10 @@ pub struct PoolStatus {
     pub lease_valid: bool,
     /// The other gateways drawing from the pool.
     pub others: Vec<String>,
+    /// The slice's last change in this run (granted, grown, shrunk,
+    /// expired, withdrawn), on the license clock.
+    #[serde(default)]
+    pub changed: Option<LastChange>,
 }
 
 fn render_pool(p: &PoolStatus, now: DateTime<Utc>) -> String {
@@ -249,10 +254,20 @@ fn render_pool(p: &PoolStatus, now: DateTime<Utc>) -> String {
     } else {
         p.others.join(", ")
     };
-    format!(
+    let mut out = format!(
         "pool {} ({} seats, license {}): slice {}, in use here {}; {lease}; other members: {others}\n",
         p.id, p.seats, p.license, p.slice, p.in_use
-    )
+    );
+    if let Some(c) = &p.changed {
+        out.push_str(&format!(
+            "  slice last changed {}: {} {} -> {}\n",
+            when(c.at, now),
+            c.kind.as_str(),
+            c.from,
+            c.to
+        ));
+    }
+    out
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -585,11 +600,24 @@ mod tests {
             lease_expires: Some(t("2026-06-01T00:05:00Z")),
             lease_valid: true,
             others: vec!["ESG-B2".into(), "ESG-C3".into()],
+            changed: None,
         };
         assert_eq!(
             render_pool(&pool, now),
             "pool POOL-LIC-1 (150 seats, license LIC-1): slice 60, in use here 37; lease until 2026-06-01 00:05:00 (in 5m 0s); other members: ESG-B2, ESG-C3\n"
         );
+        let grown = PoolStatus {
+            changed: Some(LastChange {
+                at: t("2026-05-31T23:59:30Z"),
+                kind: crate::cloud::slices::Kind::Grown,
+                from: 40,
+                to: 60,
+            }),
+            ..pool.clone()
+        };
+        assert!(render_pool(&grown, now).ends_with(
+            "ESG-C3\n  slice last changed 2026-05-31 23:59:30 (30s ago): grown 40 -> 60\n"
+        ));
         let expired = PoolStatus {
             slice: 0,
             lease_valid: false,

@@ -3,12 +3,16 @@
 //! bodies, status codes: no I/O), `policy` (next attempt, backoff, jitter,
 //! the status to show: pure), `client` (HTTPS with mTLS, reqwest + rustls),
 //! `sync` (the bundle loop), `pools` (the slice-lease loop of shared pools,
-//! docs/pools.md). Both loops talk to the gateway through `Gateway` only.
+//! docs/pools.md) with `demand` (when it asks early: pure) and `slices`
+//! (what a slice did: pure). Both loops talk to the gateway through
+//! `Gateway` only.
 //! The contract is written down in docs/cloud-api.md.
 
 pub mod client;
+pub mod demand;
 pub mod policy;
 pub mod pools;
+pub mod slices;
 pub mod sync;
 pub mod wire;
 
@@ -18,6 +22,7 @@ use chrono::{DateTime, Utc};
 
 use crate::license::bundle::{BundleError, Signed};
 use crate::license::lease::LeaseError;
+use demand::PoolView;
 use policy::SyncRecord;
 use wire::{PoolReport, UsageReport};
 
@@ -52,8 +57,11 @@ pub trait Gateway: Send + Sync + 'static {
     fn bundle_not_after(&self) -> Option<DateTime<Utc>>;
     /// Counters for the portal.
     fn usage(&self) -> UsageReport;
-    /// Pool usage and demand to report (docs/pools.md), at `mono`.
-    fn pool_reports(&self, mono: Instant) -> Vec<PoolReport>;
+    /// Pool usage and demand to report (docs/pools.md), the slices and
+    /// the refusals so far, at `mono`.
+    fn pool_view(&self, mono: Instant) -> PoolView;
+    /// A slice changed (for status).
+    fn slice_changed(&self, change: &slices::Change);
     /// Takes the cloud's answer to `reports`, sent at `sent`.
     fn take_leases(&self, reports: &[PoolReport], leases: &[Signed], sent: Instant) -> Taken;
     /// When the leases want renewing (None: no valid lease).

@@ -1,17 +1,21 @@
 //! The pool part of cloud sync (docs/pools.md): report this gateway's pool
 //! usage and demand, take the signed slice leases the cloud answers, and
-//! renew them a third into the lease. Runs beside the bundle loop with its
-//! own client built from the same `[cloud]` section (same mTLS identity).
-//! When to try next is `next_wait`, pure.
+//! renew them a third into the lease, or sooner when demand moves
+//! (`demand`). Runs beside the bundle loop with its own client built from
+//! the same `[cloud]` section (same mTLS identity). Every slice change is
+//! logged (`slices`). When to renew or retry is `next_wait`, pure.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use chrono::Utc;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::client::CloudClient;
+use super::demand::{Pacer, PoolView};
+use super::slices::{Kind, Watch};
 use super::Gateway;
 use crate::config::{Cloud, Config};
 
@@ -43,32 +47,53 @@ pub fn next_wait(
     }
 }
 
-/// Runs until `cancel`. After each answer the gateway is asked to persist
-/// what the lease book must remember across a restart (pools, epochs).
+/// A ring wakes the loop to look again no sooner than this after its last
+/// look: a storm of refusals costs a few looks a second, not thousands.
+pub const LOOK_GAP: Duration = Duration::from_millis(50);
+
+/// Runs until `cancel`. Looks at the gateway whenever `bell` rings (a
+/// refusal, an admission near the top of the slice, a release), when a
+/// lease runs out and when a request is due; asks the cloud when
+/// `demand::Pacer` says so. After each answer the gateway is asked to
+/// persist what the lease book must remember across a restart.
 pub async fn run<G: Gateway>(
     gateway: Arc<G>,
     configs: watch::Receiver<Arc<Config>>,
+    bell: Arc<Notify>,
     cancel: CancellationToken,
 ) {
     let mut client: Option<(Cloud, CloudClient)> = None;
-    let mut wait = Duration::ZERO;
+    let mut scheduled = Instant::now();
     let mut failures: u32 = 0;
+    let mut last_error = String::new();
     let mut lease_len: Option<Duration> = None;
     let mut cycle: u64 = 0;
+    let mut pacer = Pacer::default();
+    let mut slices = Watch::default();
     loop {
-        if cancel
-            .run_until_cancelled(tokio::time::sleep(wait))
-            .await
-            .is_none()
-        {
-            return;
-        }
+        let now = Instant::now();
+        let view = gateway.pool_view(now);
+        note(&*gateway, &mut slices, &view, failures, &last_error);
         let config = configs.borrow().clone();
-        let Some(cloud) = config.cloud.clone() else {
-            client = None;
-            wait = IDLE_CHECK;
-            continue;
+        let cloud = config.cloud.clone().filter(|_| !view.pools.is_empty());
+        let due = match cloud {
+            Some(_) => pacer.due(now, &view, scheduled, failures > 0),
+            None => now + IDLE_CHECK,
         };
+        if due > now {
+            let wake = view.next_expiry().map_or(due, |e| e.min(due));
+            let rung = async {
+                tokio::time::sleep(LOOK_GAP).await;
+                bell.notified().await
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep_until(wake.into()) => {}
+                _ = rung => {}
+            }
+            continue;
+        }
+        let Some(cloud) = cloud else { continue };
         if client.as_ref().map(|(c, _)| c) != Some(&cloud) {
             match CloudClient::new(&cloud, &config.device) {
                 Ok(c) => client = Some((cloud.clone(), c)),
@@ -76,7 +101,8 @@ pub async fn run<G: Gateway>(
                     // The bundle loop reports this in status; just wait.
                     tracing::debug!("pool sync cannot start: {e}");
                     client = None;
-                    wait = MAX_RETRY;
+                    failures = failures.saturating_add(1);
+                    scheduled = now + MAX_RETRY;
                     continue;
                 }
             }
@@ -84,15 +110,12 @@ pub async fn run<G: Gateway>(
         let Some((_, http)) = client.as_ref() else {
             continue;
         };
-        let reports = gateway.pool_reports(Instant::now());
-        if reports.is_empty() {
-            wait = IDLE_CHECK;
-            continue;
-        }
         cycle += 1;
         let span = tracing::info_span!("pools", cycle);
+        let reports = view.reports();
         let cycle_done = async {
             let sent = Instant::now();
+            pacer.sent(sent);
             match http.post_pools(&reports).await {
                 Ok(leases) => {
                     if failures > 0 {
@@ -101,13 +124,17 @@ pub async fn run<G: Gateway>(
                     failures = 0;
                     let taken = gateway.take_leases(&reports, &leases, sent);
                     for e in taken.refused {
-                        tracing::error!("{e}");
+                        tracing::error!("{e}; the slice in force stays until its lease runs out");
                     }
                     lease_len = taken.shortest.or(lease_len);
                     gateway.persist();
+                    let after = gateway.pool_view(Instant::now());
+                    let shrunk = note(&*gateway, &mut slices, &after, 0, "");
+                    pacer.delivered(&view, shrunk);
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
+                    last_error = e.to_string();
                     tracing::warn!(
                         failures,
                         "pool slice renewal failed (slices hold until their leases run out): {e}"
@@ -122,8 +149,65 @@ pub async fn run<G: Gateway>(
         }
         let now = Instant::now();
         let renew_at = gateway.lease_renew_at(now);
-        wait = next_wait(now, renew_at, failures, lease_len);
+        scheduled = now + next_wait(now, renew_at, failures, lease_len);
     }
+}
+
+/// The wall-clock time of `at`, for a log line.
+fn wall(at: Option<Instant>) -> String {
+    let Some(at) = at else {
+        return "-".into();
+    };
+    let now = Instant::now();
+    let d = |d: Duration| chrono::Duration::from_std(d).unwrap_or_default();
+    let t = if at >= now {
+        Utc::now() + d(at - now)
+    } else {
+        Utc::now() - d(now - at)
+    };
+    t.format("%H:%M:%S").to_string()
+}
+
+/// Logs what each slice did since the last look and tells status; true
+/// when one shrank (the cloud must hear the smaller lease is held).
+fn note<G: Gateway>(
+    gateway: &G,
+    slices: &mut Watch,
+    view: &PoolView,
+    failures: u32,
+    last_error: &str,
+) -> bool {
+    let mut shrunk = false;
+    for c in slices.observe(&view.pools) {
+        let Some(p) = view.pools.iter().find(|p| p.report.pool == c.pool) else {
+            continue;
+        };
+        let (pool, from, to) = (&c.pool, c.from, c.to);
+        let (in_use, wanted) = (p.report.in_use, p.report.wanted);
+        let until = wall(p.expires);
+        match c.kind {
+            Kind::Granted | Kind::Grown => {
+                tracing::info!(%pool, from, to, wanted, in_use, lease_until = %until, "slice of {pool} {}: pooled seats {from} -> {to}", c.kind.as_str());
+            }
+            Kind::Shrunk => {
+                shrunk = true;
+                tracing::info!(%pool, from, to, wanted, in_use, lease_until = %until, "slice of {pool} shrunk: pooled seats {from} -> {to}{}", if in_use > to { " (pool sessions here drain)" } else { "" });
+            }
+            Kind::Expired => {
+                let why = if failures > 0 {
+                    format!("renewal failing: {last_error}")
+                } else {
+                    "the cloud's answers carried no lease for it".into()
+                };
+                tracing::warn!(%pool, from, in_use, "slice of {pool} expired: pooled seats {from} -> 0, lease not renewed since {} ({why}); pool sessions here stay, new ones wait for a lease", wall(p.asked));
+            }
+            Kind::Withdrawn => {
+                tracing::warn!(%pool, from, in_use, "slice of {pool} withdrawn: pooled seats {from} -> 0, this gateway is no longer a member (share undone); its pool sessions drain");
+            }
+        }
+        gateway.slice_changed(&c);
+    }
+    shrunk
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@ use chrono::{DateTime, Utc};
 use super::state::Shared;
 use crate::admission::seats::Fault;
 use crate::admission::table::{ServerId, Session};
+use crate::cloud::demand::PoolView;
 use crate::cloud::policy::SyncRecord;
+use crate::cloud::slices::{Change, LastChange};
 use crate::cloud::wire::{PoolReport, UsageReport, USAGE_FORMAT};
 use crate::cloud::{Gateway, Offered, Taken};
 use crate::license::bundle::{BundleError, Signed};
@@ -113,8 +115,21 @@ impl Gateway for Shared {
         }
     }
 
-    fn pool_reports(&self, mono: Instant) -> Vec<PoolReport> {
-        self.lock().pool_reports(Utc::now(), mono)
+    fn pool_view(&self, mono: Instant) -> PoolView {
+        self.peek().pool_view(Utc::now(), mono)
+    }
+
+    fn slice_changed(&self, c: &Change) {
+        let (system, mono) = (Utc::now(), Instant::now());
+        let mut state = self.lock();
+        let at = state.licenses.now(system, mono);
+        let last = LastChange {
+            at,
+            kind: c.kind,
+            from: c.from,
+            to: c.to,
+        };
+        state.slice_changes.insert(c.pool.clone(), last);
     }
 
     fn take_leases(&self, reports: &[PoolReport], leases: &[Signed], sent: Instant) -> Taken {
@@ -145,9 +160,9 @@ impl Gateway for Shared {
             if r.in_use == 0 && !pools.contains(&r.pool) {
                 tracing::info!(pool = %r.pool, "left pool reported drained; forgotten");
                 state.leases.forget(&r.pool);
+                state.slice_changes.remove(&r.pool);
             }
         }
-        state.denials_reported = state.seats.table().denials;
         taken.shortest = reports
             .iter()
             .filter_map(|r| state.leases.get(&r.pool).map(|h| h.lease.valid_for()))
@@ -208,6 +223,7 @@ impl Sessions for Shared {
         }
         if !freed.is_empty() {
             super::alerting::usage(self);
+            self.ring_pools();
         }
         freed.len()
     }
@@ -227,6 +243,7 @@ pub fn release_server(shared: &Shared, server: ServerId) -> Vec<Session> {
     if !freed.is_empty() {
         tracing::warn!(pid = server.pid, kind = ?server.kind, freed = freed.len(), in_use, "VPN server process is gone; its seats are free again");
         super::alerting::usage(shared);
+        shared.ring_pools();
     }
     freed
 }

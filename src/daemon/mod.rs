@@ -114,7 +114,8 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
         leases,
         cloud: None,
         file_warnings,
-        denials_reported: 0,
+        attempts: Default::default(),
+        slice_changes: Default::default(),
         rounds: Rounds::default(),
         alerts: Default::default(),
         alert_thresholds: config.alerts.clone(),
@@ -166,7 +167,13 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
         configs.clone(),
         cancel.clone(),
     ));
-    tracker.spawn(cloud::pools::run(shared.clone(), configs, cancel.clone()));
+    let bell = shared.pool_bell.clone();
+    tracker.spawn(cloud::pools::run(
+        shared.clone(),
+        configs,
+        bell,
+        cancel.clone(),
+    ));
     if let Some(every) = sys::systemd::watchdog_interval() {
         tracker.spawn(tasks::watchdog(every, cancel.clone()));
     }

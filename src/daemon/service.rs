@@ -20,6 +20,7 @@ use crate::admission::protocol::{
 use crate::admission::seats::{Admission, Asker, Release};
 use crate::admission::server::{Bytes, Reply, Service, Undo};
 use crate::admission::table::{Decision, ServerId};
+use crate::cloud::demand::HIGH_WATER_GAP;
 use crate::sys::process::{self, Relation};
 use crate::text::shown;
 
@@ -179,7 +180,8 @@ impl Shared {
         let config = self.config();
         let mut state = self.lock();
         let mono = Instant::now();
-        let cap = state.cap(now, mono);
+        let parts = state.cap_parts(now, mono);
+        let cap = parts.total();
         let (admission, fault) = match server {
             Some(server) => state.seats.admit(req, server, cap, now, alive),
             None => (state.seats.deny(DenyReason::UnknownServer, cap), None),
@@ -194,8 +196,21 @@ impl Shared {
                 DenyReason::CapReached | DenyReason::OverCap | DenyReason::NoLicense
             ) {
                 first_at_cap = state.alerts.denied_at_cap();
+                state.attempts.refused(&req.user, &req.remote, mono);
             }
         }
+        let fresh = admission.decision == Decision::Admitted { again: false };
+        if fresh {
+            state.attempts.admitted(&req.user, &req.remote);
+        }
+        // The pool loop looks now at a refusal for want of seats, or at an
+        // admission near the top of a slice (`cloud::demand`).
+        let ring_pools = matches!(
+            admission.decision,
+            Decision::Denied(DenyReason::CapReached | DenyReason::OverCap | DenyReason::NoLicense)
+        ) || (fresh
+            && parts.pooled > 0
+            && admission.in_use.saturating_add(HIGH_WATER_GAP) >= cap);
         let undo = match (&admission.decision, &admission.session) {
             (Decision::Admitted { again }, Some(s)) => state
                 .seats
@@ -210,13 +225,15 @@ impl Shared {
             Decision::Denied(reason) => Some(reason.as_str()),
             Decision::Admitted { .. } => None,
         };
-        let fresh = admission.decision == Decision::Admitted { again: false };
         state.admissions.record(fresh, denied, started.elapsed());
         let write_usage = state.record_usage(now, mono, cap, denied.is_some());
         let alert = alerting::feed(&mut state, &config.alerts, admission.in_use, cap);
         drop(state);
         if write_usage {
             self.persist.ring();
+        }
+        if ring_pools {
+            self.ring_pools();
         }
         log_release_fault(fault);
         log_admission(req, &admission, &self.denying, first_at_cap);
@@ -246,12 +263,17 @@ impl Shared {
             },
         };
         let in_use = state.seats.in_use();
+        let pooled = state.leases.pools().next().is_some();
         drop(state);
         log_release_fault(fault);
         let released = match release {
             Release::Released(s) => {
                 tracing::info!(key = %shown(key), user = %shown(&s.user), in_use, "seat released");
                 alerting::usage(self);
+                if pooled {
+                    // Seats of a slice may be idle now: give-back (`cloud::demand`).
+                    self.ring_pools();
+                }
                 true
             }
             Release::NotHeld => false,

@@ -11,13 +11,15 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::denials::Denials;
 use crate::admission::access::Policy;
 use crate::admission::seats::Seats;
 use crate::alerts::{Thresholds, Tracker};
+use crate::cloud::demand::{Attempts, PoolSeen, PoolView};
 use crate::cloud::policy::SyncRecord;
+use crate::cloud::slices::LastChange;
 use crate::cloud::wire::{PoolReport, POOL_HEADROOM};
 use crate::config::Config;
 use crate::license::in_force::Licenses;
@@ -36,13 +38,16 @@ pub struct State {
     pub cloud: Option<SyncRecord>,
     /// Why a state file could not be read or written, for status.
     pub file_warnings: Vec<String>,
-    /// `denials` when the last pool report was delivered.
-    pub denials_reported: u64,
+    /// Clients refused for want of seats, counted once per window: the
+    /// unmet demand in pool reports.
+    pub attempts: Attempts,
+    /// The last change of each pool's slice, for status.
+    pub slice_changes: BTreeMap<String, LastChange>,
     /// Background rounds finished, for status (and tests that wait for them).
     pub rounds: Rounds,
     /// Sessions each VPN server lists that the table does not know, by
     /// reconcile source: what accounts for lost seats (a damaged snapshot).
-    pub lost_by_source: std::collections::BTreeMap<String, u32>,
+    pub lost_by_source: BTreeMap<String, u32>,
     /// Admission answers that could not be delivered.
     pub unanswered: u64,
     /// The usage alert level (`alerts`), and the thresholds it was fed with.
@@ -99,6 +104,16 @@ impl State {
 
     /// This gateway's pool usage and demand, for the cloud (docs/pools.md).
     pub fn pool_reports(&self, system: DateTime<Utc>, mono: Instant) -> Vec<PoolReport> {
+        self.pool_view(system, mono)
+            .pools
+            .into_iter()
+            .map(|p| p.report)
+            .collect()
+    }
+
+    /// What the pool loop sees: the reports, each pool's slice and lease,
+    /// and the refusals so far.
+    pub fn pool_view(&self, system: DateTime<Utc>, mono: Instant) -> PoolView {
         let pools = self.report_pools(system, mono);
         let cap = self.cap_parts(system, mono);
         let table = self.seats.table();
@@ -107,23 +122,35 @@ impl State {
             .saturating_sub(cap.builtin.saturating_add(cap.licensed));
         let slices: Vec<(&str, u32)> = pools.iter().map(|(p, s, _)| (p.as_str(), *s)).collect();
         let usage = pool_usage(beyond, &slices);
-        let denied =
-            u32::try_from(table.denials.saturating_sub(self.denials_reported)).unwrap_or(u32::MAX);
-        pools
+        let waiting = self.attempts.waiting(mono);
+        let pools = pools
             .iter()
             .zip(usage)
-            .map(|((pool, _, member), in_use)| PoolReport {
-                pool: pool.clone(),
-                in_use,
-                wanted: if *member {
-                    in_use.saturating_add(POOL_HEADROOM).saturating_add(denied)
-                } else {
-                    0
-                },
-                // A pool left is no longer used here, whatever its lease says.
-                held_epoch: self.leases.held_epoch(pool, mono).filter(|_| *member),
+            .map(|((pool, _, member), in_use)| {
+                let held = self.leases.get(pool);
+                PoolSeen {
+                    report: PoolReport {
+                        pool: pool.clone(),
+                        in_use,
+                        wanted: if *member {
+                            in_use.saturating_add(POOL_HEADROOM).saturating_add(waiting)
+                        } else {
+                            0
+                        },
+                        // A pool left is no longer used here, whatever its lease says.
+                        held_epoch: self.leases.held_epoch(pool, mono).filter(|_| *member),
+                    },
+                    member: *member,
+                    slice: self.leases.slice(pool, mono).filter(|_| *member),
+                    expires: held.map(|h| h.expires),
+                    asked: held.map(|h| h.sent),
+                }
             })
-            .collect()
+            .collect();
+        PoolView {
+            pools,
+            refused: self.attempts.refused,
+        }
     }
 
     /// The pools this gateway may lease now (from the licenses in force).
@@ -174,6 +201,7 @@ impl State {
                 in_use: usage(&p.id),
                 lease_expires,
                 lease_valid: valid,
+                changed: self.slice_changes.get(&p.id).cloned(),
                 others: p
                     .members
                     .iter()
@@ -255,6 +283,8 @@ pub struct Shared {
     pub policy: watch::Receiver<Arc<Policy>>,
     pub persist: super::persist::Doorbell,
     pub status_cache: super::status_cache::StatusCache,
+    /// Wakes the pool loop to look at demand now (`cloud::demand`).
+    pub pool_bell: Arc<tokio::sync::Notify>,
 }
 
 impl Shared {
@@ -272,7 +302,14 @@ impl Shared {
             policy,
             persist,
             status_cache: Default::default(),
+            pool_bell: Default::default(),
         }
+    }
+
+    /// Asks the pool loop to look at demand (a refusal, usage near the
+    /// top of a slice, seats freed); cheap, rings fold into one look.
+    pub fn ring_pools(&self) {
+        self.pool_bell.notify_one();
     }
 
     /// Locks the state. A panic while holding the lock cannot leave the
