@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use seatgate::admission::protocol::{AdmitRequest, Request, Response, ServerKind, ServerRef};
+use seatgate::cloud::wire::POOL_HEADROOM;
 use seatgate::status::Status;
 
 use super::cloud::{DevCloud, Identity};
@@ -455,4 +456,154 @@ fn a_gateway_restarted_after_a_share_undo_still_reports_its_draining_sessions() 
         remembered(&gw).filter(|p| p.as_object().is_some_and(|o| o.is_empty()))
     });
     drop(daemon);
+}
+
+/// Starts `gw`'s daemon logging at info into `log` (a file: a pipe nobody
+/// reads would block a daemon that logs every admission).
+fn start_logging(gw: &Gateway, log: &std::path::Path) -> Daemon {
+    let child = std::process::Command::new(super::util::bin())
+        .args(["run", "--config"])
+        .arg(gw.config_path())
+        .env_remove("SEATGATE_SOCKET")
+        .env_remove("NOTIFY_SOCKET")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let d = Daemon {
+        child,
+        socket: gw.socket(),
+    };
+    d.wait_ready();
+    d
+}
+
+#[test]
+fn a_refusal_reaches_the_cloud_within_a_second_even_with_300_s_leases() {
+    const A: &str = "ESG-PA";
+    const P: &str = "POOL-LIC-POOL";
+    // The cloud serves before the pool exists, so it has no restart quiet
+    // period to sit out; the license is shared while it serves.
+    let signer = Gateway::new(0);
+    let mut cloud = DevCloud::new(&signer, 3600);
+    for s in [A, "ESG-PB"] {
+        cloud.run(&["device", "add", s, "--org", "ORG-T"]);
+    }
+    cloud.serve_args = vec!["--lease-ms".into(), "300000".into()];
+    cloud.start();
+    cloud.run(&["license", "add", "LIC-POOL", "--device", A, "--seats", "150"]);
+    cloud.run(&["license", "share", "LIC-POOL", "--with", "ESG-PB"]);
+
+    let gw = pool_gateway(&cloud, A);
+    let sock = gw.socket();
+    let log = gw.path("seatgate.log");
+    let daemon = start_logging(&gw, &log);
+    let first = wait_for("A to hold a slice lease", LIMIT, || {
+        status(&sock).and_then(|s| s.pools.first().filter(|p| p.lease_valid).cloned())
+    });
+    assert_eq!(first.id, P);
+    assert_eq!(
+        first.changed.as_ref().map(|c| (c.kind, c.from, c.to)),
+        Some((seatgate::cloud::slices::Kind::Granted, 0, first.slice)),
+        "status shows the first grant"
+    );
+    // Renewal would be 100 s away: whatever the cloud hears within a
+    // second below was asked for by demand.
+    let vpn = FakeServer::start(&sock);
+    let mut n = 0;
+    let refused_key = loop {
+        let key = format!("s{n}");
+        n += 1;
+        let resp = vpn.try_call(&vpn.admit(&key)).unwrap();
+        if !admitted(&resp) {
+            break key;
+        }
+        assert!(n < BUILTIN + POOL, "never refused");
+    };
+    let refused_at = Instant::now();
+    let pool_in_use = pool_use(&status(&sock).unwrap());
+    // The cloud hears of the refused client (one seat of demand) within 1 s.
+    let member = wait_for("the cloud to hear of the refusal", LIMIT, || {
+        cloud_member(&cloud, P, A).filter(|m| {
+            m["reported"] == pool_in_use && m["wanted"] == pool_in_use + POOL_HEADROOM + 1
+        })
+    });
+    let heard = refused_at.elapsed();
+    assert!(
+        heard < Duration::from_secs(1),
+        "the cloud heard of the refusal after {heard:?}: {member}"
+    );
+    // The same client retrying (a user pressing connect again) is admitted
+    // on the larger slice the answer brought, and counted only once.
+    let admitted_after = wait_for("the refused client to get in", LIMIT, || {
+        let resp = vpn.try_call(&vpn.admit(&refused_key)).unwrap();
+        // Pacing (not synchronisation): a user retrying.
+        std::thread::sleep(Duration::from_millis(50));
+        admitted(&resp).then(|| refused_at.elapsed())
+    });
+    let grown = status(&sock).unwrap().pools[0].clone();
+    assert!(grown.slice > first.slice, "{first:?} -> {grown:?}");
+    let change = grown.changed.expect("status shows the change");
+    assert_eq!(
+        (change.kind, change.from),
+        (seatgate::cloud::slices::Kind::Grown, first.slice)
+    );
+    eprintln!("pools: refusal heard by the cloud after {heard:?}, the client admitted after {admitted_after:?} (300 s leases)");
+    let text = std::fs::read_to_string(&log).unwrap();
+    for line in [
+        format!("slice of {P} granted: pooled seats 0 -> {}", first.slice),
+        format!("slice of {P} grown: pooled seats {} -> ", first.slice),
+    ] {
+        assert!(text.contains(&line), "log lacks {line:?}:\n{text}");
+    }
+    drop(daemon);
+}
+
+#[test]
+fn a_client_retrying_in_a_storm_is_one_seat_of_demand() {
+    const A: &str = "ESG-PA";
+    const P: &str = "POOL-LIC-POOL";
+    let signer = Gateway::new(0);
+    let mut cloud = DevCloud::new(&signer, 3600);
+    for s in [A, "ESG-PB"] {
+        cloud.run(&["device", "add", s, "--org", "ORG-T"]);
+    }
+    cloud.serve_args = vec!["--lease-ms".into(), "300000".into()];
+    cloud.start();
+    cloud.run(&["license", "add", "LIC-POOL", "--device", A, "--seats", "150"]);
+    cloud.run(&["license", "share", "LIC-POOL", "--with", "ESG-PB"]);
+    let gw = pool_gateway(&cloud, A);
+    let sock = gw.socket();
+    let _daemon = gw.start();
+    wait_for("A to hold a slice lease", LIMIT, || {
+        status(&sock).filter(|s| s.pools.first().is_some_and(|p| p.lease_valid))
+    });
+    // A takes the whole pool (B never comes), 20 new clients at a time.
+    let vpn = FakeServer::start(&sock);
+    let mut next = 0;
+    wait_for("A to hold the whole pool", LIMIT, || {
+        for _ in 0..20 {
+            let key = format!("s{next}");
+            if admitted(&vpn.try_call(&vpn.admit(&key)).unwrap()) {
+                next += 1;
+            }
+        }
+        (pool_use(&status(&sock).unwrap()) == POOL).then_some(())
+    });
+    wait_for("the cloud to know A holds the pool", LIMIT, || {
+        cloud_member(&cloud, P, A).filter(|m| m["reported"] == POOL)
+    });
+    // One client retries 30 times in a row, then a second one tries once:
+    // the report after that carries two seats of demand, not 31.
+    for _ in 0..30 {
+        assert!(!admitted(&vpn.try_call(&vpn.admit("storm")).unwrap()));
+        // Pacing (not synchronisation): a client retrying every 20 ms.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!admitted(&vpn.try_call(&vpn.admit("second")).unwrap()));
+    let member = wait_for("the cloud to hear of both clients", LIMIT, || {
+        cloud_member(&cloud, P, A).filter(|m| m["wanted"].as_u64() > Some(u64::from(POOL + POOL_HEADROOM + 1)))
+    });
+    assert_eq!(member["wanted"], POOL + POOL_HEADROOM + 2, "{member}");
 }
