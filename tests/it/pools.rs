@@ -18,13 +18,13 @@ use seatgate::status::Status;
 use super::cloud::{DevCloud, Identity};
 use super::util::{admitted, call, wait_for, Daemon, FakeServer, Gateway};
 
-const POOL: u32 = 150;
-const BUILTIN: u32 = 2;
-const SERIALS: [&str; 3] = ["ESG-PA", "ESG-PB", "ESG-PC"];
+pub(super) const POOL: u32 = 150;
+pub(super) const BUILTIN: u32 = 2;
+pub(super) const SERIALS: [&str; 3] = ["ESG-PA", "ESG-PB", "ESG-PC"];
 const LIMIT: Duration = Duration::from_secs(20);
 
 /// A gateway of the pool: no license of its own, everything from the cloud.
-fn pool_gateway(cloud: &DevCloud, serial: &str) -> Gateway {
+pub(super) fn pool_gateway(cloud: &DevCloud, serial: &str) -> Gateway {
     let gw = Gateway::new(0);
     let _ = std::fs::remove_file(gw.path("bundle.json"));
     let section = cloud.section(&Identity::of(cloud, serial), 300);
@@ -32,14 +32,14 @@ fn pool_gateway(cloud: &DevCloud, serial: &str) -> Gateway {
     gw
 }
 
-fn status(socket: &std::path::Path) -> Option<Status> {
+pub(super) fn status(socket: &std::path::Path) -> Option<Status> {
     match call(socket, &Request::Status).ok()? {
         Response::Status(s) => serde_json::from_value(s.status).ok(),
         _ => None,
     }
 }
 
-fn pool_use(s: &Status) -> u32 {
+pub(super) fn pool_use(s: &Status) -> u32 {
     s.in_use.saturating_sub(BUILTIN)
 }
 
@@ -59,6 +59,27 @@ fn pool_cloud(members: &[&str]) -> DevCloud {
     }
     cloud.serve_args = vec!["--lease-ms".into(), "1500".into()];
     cloud.start();
+    cloud
+}
+
+/// A cloud with `lease_ms` slice leases that starts serving before
+/// `LIC-POOL` (150 seats on `members[0]`, shared with the rest) exists, so
+/// it has no restart quiet period to sit out (a cloud started with pools
+/// grants nothing beyond usage for one lease).
+pub(super) fn fresh_pool_cloud(members: &[&str], lease_ms: u64) -> DevCloud {
+    let signer = Gateway::new(0);
+    let mut cloud = DevCloud::new(&signer, 3600);
+    for s in members {
+        cloud.run(&["device", "add", s, "--org", "ORG-T"]);
+    }
+    cloud.serve_args = vec!["--lease-ms".into(), lease_ms.to_string()];
+    cloud.start();
+    cloud.run(&[
+        "license", "add", "LIC-POOL", "--device", members[0], "--seats", "150",
+    ]);
+    for s in &members[1..] {
+        cloud.run(&["license", "share", "LIC-POOL", "--with", s]);
+    }
     cloud
 }
 
@@ -364,7 +385,7 @@ fn after_a_share_undo_the_leaving_gateway_drains_before_its_seats_move() {
 
 /// What the devcloud's allocator knows of `serial` in `pool` (None: not a
 /// member any more, forgotten).
-fn cloud_member(cloud: &DevCloud, pool: &str, serial: &str) -> Option<serde_json::Value> {
+pub(super) fn cloud_member(cloud: &DevCloud, pool: &str, serial: &str) -> Option<serde_json::Value> {
     let text = std::fs::read_to_string(cloud.path("pools.json")).ok()?;
     let alloc: serde_json::Value = serde_json::from_str(&text).ok()?;
     let member = &alloc["pools"][pool]["members"][serial];
@@ -483,17 +504,7 @@ fn start_logging(gw: &Gateway, log: &std::path::Path) -> Daemon {
 fn a_refusal_reaches_the_cloud_within_a_second_even_with_300_s_leases() {
     const A: &str = "ESG-PA";
     const P: &str = "POOL-LIC-POOL";
-    // The cloud serves before the pool exists, so it has no restart quiet
-    // period to sit out; the license is shared while it serves.
-    let signer = Gateway::new(0);
-    let mut cloud = DevCloud::new(&signer, 3600);
-    for s in [A, "ESG-PB"] {
-        cloud.run(&["device", "add", s, "--org", "ORG-T"]);
-    }
-    cloud.serve_args = vec!["--lease-ms".into(), "300000".into()];
-    cloud.start();
-    cloud.run(&["license", "add", "LIC-POOL", "--device", A, "--seats", "150"]);
-    cloud.run(&["license", "share", "LIC-POOL", "--with", "ESG-PB"]);
+    let cloud = fresh_pool_cloud(&[A, "ESG-PB"], 300_000);
 
     let gw = pool_gateway(&cloud, A);
     let sock = gw.socket();
@@ -564,15 +575,7 @@ fn a_refusal_reaches_the_cloud_within_a_second_even_with_300_s_leases() {
 fn a_client_retrying_in_a_storm_is_one_seat_of_demand() {
     const A: &str = "ESG-PA";
     const P: &str = "POOL-LIC-POOL";
-    let signer = Gateway::new(0);
-    let mut cloud = DevCloud::new(&signer, 3600);
-    for s in [A, "ESG-PB"] {
-        cloud.run(&["device", "add", s, "--org", "ORG-T"]);
-    }
-    cloud.serve_args = vec!["--lease-ms".into(), "300000".into()];
-    cloud.start();
-    cloud.run(&["license", "add", "LIC-POOL", "--device", A, "--seats", "150"]);
-    cloud.run(&["license", "share", "LIC-POOL", "--with", "ESG-PB"]);
+    let cloud = fresh_pool_cloud(&[A, "ESG-PB"], 300_000);
     let gw = pool_gateway(&cloud, A);
     let sock = gw.socket();
     let _daemon = gw.start();
