@@ -22,7 +22,6 @@
 //! The load client is the VPN server its admissions name (kind `other`,
 //! its own pid), so no relay process sits in between.
 
-#[allow(dead_code, unused_imports)]
 #[path = "../tests/it/util.rs"]
 mod util;
 
@@ -296,7 +295,9 @@ fn main() {
         "" | "all" => (true, true),
         "move" => (true, false),
         "cloud-kill" => (false, true),
-        other => panic!("SEATGATE_BENCH={other:?}: use move, cloud-kill or all (or leave it unset)"),
+        other => {
+            panic!("SEATGATE_BENCH={other:?}: use move, cloud-kill or all (or leave it unset)")
+        }
     };
     println!(
         "pool of {POOL} seats, 3 gateways; {USERS} users move from A to C, retrying every {} ms",

@@ -116,7 +116,8 @@ mod tests {
     #[test]
     fn every_slice_change_is_seen_once() {
         let mut w = Watch::default();
-        let steps: Vec<(Option<u32>, bool, Option<(Kind, u32, u32)>)> = vec![
+        type Step = (Option<u32>, bool, Option<(Kind, u32, u32)>);
+        let steps: Vec<Step> = vec![
             (None, true, None),
             (Some(40), true, Some((Kind::Granted, 0, 40))),
             (Some(40), true, None),

@@ -74,6 +74,8 @@ impl Gateway for Shared {
         if changed {
             super::alerting::usage(self);
             super::alerting::licenses(self);
+            // A pool may have come or gone: the pool loop looks now.
+            self.ring_pools();
         }
         Ok(offered)
     }

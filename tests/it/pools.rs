@@ -260,6 +260,16 @@ impl Rig {
         }
     }
 
+    /// Stops gateway `i`'s daemon (SIGTERM; its sessions stay counted by
+    /// the monitor) and returns its log (warnings and errors).
+    fn stop_daemon(&mut self, i: usize) -> String {
+        let d = self.daemons[i].take().expect("the daemon runs");
+        d.signal(nix::sys::signal::Signal::SIGTERM);
+        let (status, log) = d.wait_exit(LIMIT);
+        assert!(status.success(), "{log}");
+        log
+    }
+
     /// Stops the load and the monitor; asserts the pool was never
     /// oversubscribed and returns the report line.
     fn finish(mut self, what: &str) {
@@ -335,6 +345,15 @@ fn with_the_cloud_down_slices_run_out_no_pool_session_is_admitted_and_a_restart_
         "A to grow again after the cloud restart",
     );
     eprintln!("pools: cloud down {down_for:?}, A grows again {after_restart:?} after restart");
+    // A warned that its slice ran out, and why (the log is read once it
+    // stopped).
+    let log = rig.stop_daemon(0);
+    for line in [
+        "slice of POOL-LIC-POOL expired: pooled seats ",
+        "(renewal failing: ",
+    ] {
+        assert!(log.contains(line), "A's log lacks {line:?}:\n{log}");
+    }
     rig.finish("cloud down");
 }
 
@@ -366,7 +385,7 @@ fn a_sigkilled_pool_gateway_keeps_its_sessions_and_gets_a_lease_again() {
 
 #[test]
 fn after_a_share_undo_the_leaving_gateway_drains_before_its_seats_move() {
-    let rig = Rig::start();
+    let mut rig = Rig::start();
     rig.set(10, 15, 120);
     rig.reaches(2, 100, "C to reach 100 pool sessions");
     // Share undo: C leaves the pool; its sessions drain; only then does A
@@ -380,12 +399,25 @@ fn after_a_share_undo_the_leaving_gateway_drains_before_its_seats_move() {
     let after_unshare = rig.reaches(0, 100, "A to get C's seats after C drained");
     assert_eq!(rig.pool_of(2), 0);
     eprintln!("pools: A takes C's seats {after_unshare:?} after unshare");
+    // C warned that its slice went: withdrawn (the new bundle came first)
+    // or expired (the cloud stopped renewing it before the bundle came).
+    let log = rig.stop_daemon(2);
+    assert!(
+        ["withdrawn", "expired"]
+            .iter()
+            .any(|k| log.contains(&format!("slice of POOL-LIC-POOL {k}: pooled seats "))),
+        "C's log lacks the slice going:\n{log}"
+    );
     rig.finish("share undo");
 }
 
 /// What the devcloud's allocator knows of `serial` in `pool` (None: not a
 /// member any more, forgotten).
-pub(super) fn cloud_member(cloud: &DevCloud, pool: &str, serial: &str) -> Option<serde_json::Value> {
+pub(super) fn cloud_member(
+    cloud: &DevCloud,
+    pool: &str,
+    serial: &str,
+) -> Option<serde_json::Value> {
     let text = std::fs::read_to_string(cloud.path("pools.json")).ok()?;
     let alloc: serde_json::Value = serde_json::from_str(&text).ok()?;
     let member = &alloc["pools"][pool]["members"][serial];
@@ -606,7 +638,8 @@ fn a_client_retrying_in_a_storm_is_one_seat_of_demand() {
     }
     assert!(!admitted(&vpn.try_call(&vpn.admit("second")).unwrap()));
     let member = wait_for("the cloud to hear of both clients", LIMIT, || {
-        cloud_member(&cloud, P, A).filter(|m| m["wanted"].as_u64() > Some(u64::from(POOL + POOL_HEADROOM + 1)))
+        cloud_member(&cloud, P, A)
+            .filter(|m| m["wanted"].as_u64() > Some(u64::from(POOL + POOL_HEADROOM + 1)))
     });
     assert_eq!(member["wanted"], POOL + POOL_HEADROOM + 2, "{member}");
 }
