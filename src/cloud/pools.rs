@@ -186,12 +186,14 @@ fn note<G: Gateway>(
         let (in_use, wanted) = (p.report.in_use, p.report.wanted);
         let until = wall(p.expires);
         match c.kind {
-            Kind::Granted | Kind::Grown => {
-                tracing::info!(%pool, from, to, wanted, in_use, lease_until = %until, "slice of {pool} {}: pooled seats {from} -> {to}", c.kind.as_str());
-            }
-            Kind::Shrunk => {
-                shrunk = true;
-                tracing::info!(%pool, from, to, wanted, in_use, lease_until = %until, "slice of {pool} shrunk: pooled seats {from} -> {to}{}", if in_use > to { " (pool sessions here drain)" } else { "" });
+            Kind::Granted | Kind::Grown | Kind::Shrunk => {
+                shrunk |= c.kind == Kind::Shrunk;
+                let drain = if in_use > to {
+                    " (pool sessions here drain)"
+                } else {
+                    ""
+                };
+                tracing::info!(%pool, from, to, wanted, in_use, lease_until = %until, "slice of {pool} {}: pooled seats {from} -> {to}{drain}", c.kind.as_str());
             }
             Kind::Expired => {
                 let why = if failures > 0 {

@@ -589,9 +589,10 @@ fn a_refusal_reaches_the_cloud_within_a_second_even_with_300_s_leases() {
     assert!(grown.slice > first.slice, "{first:?} -> {grown:?}");
     let change = grown.changed.expect("status shows the change");
     assert_eq!(
-        (change.kind, change.from),
-        (seatgate::cloud::slices::Kind::Grown, first.slice)
+        (change.kind, change.to),
+        (seatgate::cloud::slices::Kind::Grown, grown.slice)
     );
+    assert!(change.from >= first.slice && change.from < change.to);
     eprintln!("pools: refusal heard by the cloud after {heard:?}, the client admitted after {admitted_after:?} (300 s leases)");
     let text = std::fs::read_to_string(&log).unwrap();
     for line in [
