@@ -10,7 +10,6 @@ use crate::admission::protocol::ServerKind;
 use crate::admission::table::Table;
 use crate::alerts::Thresholds;
 use crate::cloud::policy::{human, CloudStatus, Severity, StampSeen, SyncRecord};
-use crate::cloud::slices::LastChange;
 use crate::license::cap::describe_timeline;
 use crate::license::in_force::{Dropped, Licenses};
 use crate::license::notices::{notices, Notice};
@@ -233,10 +232,12 @@ pub struct PoolStatus {
     pub lease_valid: bool,
     /// The other gateways drawing from the pool.
     pub others: Vec<String>,
-    /// The slice's last change in this run (granted, grown, shrunk,
-    /// expired, withdrawn), on the license clock.
+    /// When the slice last changed in this run (license clock) and how:
+    /// `granted|grown|shrunk|expired|withdrawn FROM -> TO`.
     #[serde(default)]
-    pub changed: Option<LastChange>,
+    pub changed_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub change: Option<String>,
 }
 
 fn render_pool(p: &PoolStatus, now: DateTime<Utc>) -> String {
@@ -258,13 +259,10 @@ fn render_pool(p: &PoolStatus, now: DateTime<Utc>) -> String {
         "pool {} ({} seats, license {}): slice {}, in use here {}; {lease}; other members: {others}\n",
         p.id, p.seats, p.license, p.slice, p.in_use
     );
-    if let Some(c) = &p.changed {
+    if let (Some(at), Some(change)) = (p.changed_at, &p.change) {
         out.push_str(&format!(
-            "  slice last changed {}: {} {} -> {}\n",
-            when(c.at, now),
-            c.kind.as_str(),
-            c.from,
-            c.to
+            "  slice last changed {}: {change}\n",
+            when(at, now)
         ));
     }
     out
@@ -600,19 +598,16 @@ mod tests {
             lease_expires: Some(t("2026-06-01T00:05:00Z")),
             lease_valid: true,
             others: vec!["ESG-B2".into(), "ESG-C3".into()],
-            changed: None,
+            changed_at: None,
+            change: None,
         };
         assert_eq!(
             render_pool(&pool, now),
             "pool POOL-LIC-1 (150 seats, license LIC-1): slice 60, in use here 37; lease until 2026-06-01 00:05:00 (in 5m 0s); other members: ESG-B2, ESG-C3\n"
         );
         let grown = PoolStatus {
-            changed: Some(LastChange {
-                at: t("2026-05-31T23:59:30Z"),
-                kind: crate::cloud::slices::Kind::Grown,
-                from: 40,
-                to: 60,
-            }),
+            changed_at: Some(t("2026-05-31T23:59:30Z")),
+            change: Some("grown 40 -> 60".into()),
             ..pool.clone()
         };
         assert!(render_pool(&grown, now).ends_with(

@@ -19,7 +19,6 @@
 //! retrying every 100 ms is one seat of demand, not ten a second.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
@@ -81,8 +80,8 @@ pub struct Pacer {
     last_sent: Option<Instant>,
     /// `refused` in the last report the cloud received.
     refused_told: u64,
-    /// Pool -> (in_use, wanted) the cloud last received.
-    told: BTreeMap<String, (u32, u32)>,
+    /// (pool, in_use, wanted) the cloud last received.
+    told: Vec<(String, u32, u32)>,
     /// When demand was first seen since the last request.
     demand_since: Option<Instant>,
     /// Since when a slice has been idle beyond demand.
@@ -101,7 +100,10 @@ impl Pacer {
         scheduled: Instant,
         failing: bool,
     ) -> Instant {
-        let told = |pool: &str| self.told.get(pool).copied();
+        let told = |pool: &str| {
+            let t = self.told.iter().find(|t| t.0 == pool);
+            t.map(|t| (t.1, t.2))
+        };
         let refused = view.refused > self.refused_told && view.pools.iter().any(|p| p.member);
         let high = view.pools.iter().any(|p| {
             let r = &p.report;
@@ -162,7 +164,7 @@ impl Pacer {
         self.told = view
             .pools
             .iter()
-            .map(|p| (p.report.pool.clone(), (p.report.in_use, p.report.wanted)))
+            .map(|p| (p.report.pool.clone(), p.report.in_use, p.report.wanted))
             .collect();
         self.ack = shrunk;
     }
@@ -172,7 +174,8 @@ impl Pacer {
 /// trying (by user and remote address; hashed, bounded).
 #[derive(Debug, Default)]
 pub struct Attempts {
-    last: HashMap<u64, Instant>,
+    /// (client, last refused); few enough to search.
+    last: Vec<(u64, Instant)>,
     /// Every refusal, retries too: what wakes the pool loop.
     pub refused: u64,
 }
@@ -186,22 +189,29 @@ fn client(user: &str, remote: &str) -> u64 {
 impl Attempts {
     pub fn refused(&mut self, user: &str, remote: &str, now: Instant) {
         self.refused += 1;
+        let c = client(user, remote);
+        if let Some(t) = self.last.iter_mut().find(|t| t.0 == c) {
+            t.1 = now;
+            return;
+        }
         if self.last.len() >= MAX_ATTEMPTS {
             self.last
-                .retain(|_, t| now.saturating_duration_since(*t) < ATTEMPT_WINDOW);
+                .retain(|t| now.saturating_duration_since(t.1) < ATTEMPT_WINDOW);
         }
         if self.last.len() >= MAX_ATTEMPTS {
-            if let Some(oldest) = self.last.iter().min_by_key(|(_, t)| **t).map(|(k, _)| *k) {
-                self.last.remove(&oldest);
+            let oldest = (0..self.last.len()).min_by_key(|i| self.last[*i].1);
+            if let Some(i) = oldest {
+                self.last.swap_remove(i);
             }
         }
-        self.last.insert(client(user, remote), now);
+        self.last.push((c, now));
     }
 
     /// The client got a seat: it is no longer unmet demand.
     pub fn admitted(&mut self, user: &str, remote: &str) {
         if !self.last.is_empty() {
-            self.last.remove(&client(user, remote));
+            let c = client(user, remote);
+            self.last.retain(|t| t.0 != c);
         }
     }
 
@@ -209,8 +219,8 @@ impl Attempts {
     pub fn waiting(&self, now: Instant) -> u32 {
         let n = self
             .last
-            .values()
-            .filter(|t| now.saturating_duration_since(**t) < ATTEMPT_WINDOW)
+            .iter()
+            .filter(|t| now.saturating_duration_since(t.1) < ATTEMPT_WINDOW)
             .count();
         u32::try_from(n).unwrap_or(u32::MAX)
     }

@@ -182,9 +182,9 @@ fn note<G: Gateway>(
         let Some(p) = view.pools.iter().find(|p| p.report.pool == c.pool) else {
             continue;
         };
-        let (pool, from, to) = (&c.pool, c.from, c.to);
+        let (pool, from, to, kind) = (&c.pool, c.from, c.to, c.kind.as_str());
         let (in_use, wanted) = (p.report.in_use, p.report.wanted);
-        let until = wall(p.expires);
+        let head = format!("slice of {pool} {kind}: pooled seats {from} -> {to}");
         match c.kind {
             Kind::Granted | Kind::Grown | Kind::Shrunk => {
                 shrunk |= c.kind == Kind::Shrunk;
@@ -193,18 +193,24 @@ fn note<G: Gateway>(
                 } else {
                     ""
                 };
-                tracing::info!(%pool, from, to, wanted, in_use, lease_until = %until, "slice of {pool} {}: pooled seats {from} -> {to}{drain}", c.kind.as_str());
+                tracing::info!(
+                    "{head}{drain}, wanted {wanted}, in use {in_use}, lease until {}",
+                    wall(p.expires)
+                );
             }
-            Kind::Expired => {
-                let why = if failures > 0 {
-                    format!("renewal failing: {last_error}")
+            Kind::Expired | Kind::Withdrawn => {
+                let why = if c.kind == Kind::Withdrawn {
+                    "this gateway is no longer a member (share undone); its pool sessions drain"
+                        .into()
+                } else if failures > 0 {
+                    format!("lease not renewed since {} (renewal failing: {last_error}); pool sessions here stay, new ones wait for a lease", wall(p.asked))
                 } else {
-                    "the cloud's answers carried no lease for it".into()
+                    format!(
+                        "lease not renewed since {} (the cloud's answers carried no lease for it)",
+                        wall(p.asked)
+                    )
                 };
-                tracing::warn!(%pool, from, in_use, "slice of {pool} expired: pooled seats {from} -> 0, lease not renewed since {} ({why}); pool sessions here stay, new ones wait for a lease", wall(p.asked));
-            }
-            Kind::Withdrawn => {
-                tracing::warn!(%pool, from, in_use, "slice of {pool} withdrawn: pooled seats {from} -> 0, this gateway is no longer a member (share undone); its pool sessions drain");
+                tracing::warn!("{head}, {why}");
             }
         }
         gateway.slice_changed(&c);

@@ -2,15 +2,9 @@
 //! granted, grown, shrunk, expired, or withdrawn (share undone). Pure; the
 //! pool loop logs each change and hands it to status.
 
-use std::collections::BTreeMap;
-
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-
 use super::demand::PoolSeen;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// A lease where this run had none (first, or after an expiry).
     Granted,
@@ -43,19 +37,17 @@ pub struct Change {
     pub to: u32,
 }
 
-/// The last change of a slice, for status (`at`: the license clock).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LastChange {
-    pub at: DateTime<Utc>,
-    pub kind: Kind,
-    pub from: u32,
-    pub to: u32,
+impl Change {
+    /// How status shows it: `grown 40 -> 60`.
+    pub fn describe(&self) -> String {
+        format!("{} {} -> {}", self.kind.as_str(), self.from, self.to)
+    }
 }
 
 /// The slices seen at the last look (None: no lease yet in this run).
 #[derive(Debug, Default)]
 pub struct Watch {
-    last: BTreeMap<String, Option<u32>>,
+    last: Vec<(String, Option<u32>)>,
 }
 
 impl Watch {
@@ -63,10 +55,10 @@ impl Watch {
     /// (forgotten once drained) is dropped quietly.
     pub fn observe(&mut self, pools: &[PoolSeen]) -> Vec<Change> {
         let mut changes = Vec::new();
-        let mut next = BTreeMap::new();
+        let mut next = Vec::with_capacity(pools.len());
         for p in pools {
             let pool = &p.report.pool;
-            let before = self.last.get(pool).copied().flatten();
+            let before = self.last.iter().find(|l| l.0 == *pool).and_then(|l| l.1);
             let kind = match (before, p.slice) {
                 (None, Some(_)) => Some(Kind::Granted),
                 (Some(0), Some(b)) if b > 0 => Some(Kind::Granted),
@@ -86,7 +78,7 @@ impl Watch {
             }
             // An expired or withdrawn slice is 0 until a lease comes again.
             let now = p.slice.or(before.map(|_| 0));
-            next.insert(pool.clone(), now);
+            next.push((pool.clone(), now));
         }
         self.last = next;
         changes

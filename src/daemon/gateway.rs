@@ -11,7 +11,7 @@ use crate::admission::seats::Fault;
 use crate::admission::table::{ServerId, Session};
 use crate::cloud::demand::PoolView;
 use crate::cloud::policy::SyncRecord;
-use crate::cloud::slices::{Change, LastChange};
+use crate::cloud::slices::Change;
 use crate::cloud::wire::{PoolReport, UsageReport, USAGE_FORMAT};
 use crate::cloud::{Gateway, Offered, Taken};
 use crate::license::bundle::{BundleError, Signed};
@@ -125,13 +125,8 @@ impl Gateway for Shared {
         let (system, mono) = (Utc::now(), Instant::now());
         let mut state = self.lock();
         let at = state.licenses.now(system, mono);
-        let last = LastChange {
-            at,
-            kind: c.kind,
-            from: c.from,
-            to: c.to,
-        };
-        state.slice_changes.insert(c.pool.clone(), last);
+        state.slice_changes.retain(|l| l.0 != c.pool);
+        state.slice_changes.push((c.pool.clone(), at, c.describe()));
     }
 
     fn take_leases(&self, reports: &[PoolReport], leases: &[Signed], sent: Instant) -> Taken {
@@ -162,7 +157,7 @@ impl Gateway for Shared {
             if r.in_use == 0 && !pools.contains(&r.pool) {
                 tracing::info!(pool = %r.pool, "left pool reported drained; forgotten");
                 state.leases.forget(&r.pool);
-                state.slice_changes.remove(&r.pool);
+                state.slice_changes.retain(|l| l.0 != r.pool);
             }
         }
         taken.shortest = reports

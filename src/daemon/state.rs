@@ -19,7 +19,6 @@ use crate::admission::seats::Seats;
 use crate::alerts::{Thresholds, Tracker};
 use crate::cloud::demand::{Attempts, PoolSeen, PoolView};
 use crate::cloud::policy::SyncRecord;
-use crate::cloud::slices::LastChange;
 use crate::cloud::wire::{PoolReport, POOL_HEADROOM};
 use crate::config::Config;
 use crate::license::in_force::Licenses;
@@ -41,8 +40,9 @@ pub struct State {
     /// Clients refused for want of seats, counted once per window: the
     /// unmet demand in pool reports.
     pub attempts: Attempts,
-    /// The last change of each pool's slice, for status.
-    pub slice_changes: BTreeMap<String, LastChange>,
+    /// The last change of each pool's slice, for status: (pool, when on
+    /// the license clock, `grown 40 -> 60`).
+    pub slice_changes: Vec<(String, DateTime<Utc>, String)>,
     /// Background rounds finished, for status (and tests that wait for them).
     pub rounds: Rounds,
     /// Sessions each VPN server lists that the table does not know, by
@@ -192,6 +192,7 @@ impl State {
                 (true, true, false) => 0,
                 (true, false, _) => p.static_share().unwrap_or(0),
             };
+            let changed = self.slice_changes.iter().find(|c| c.0 == p.id);
             out.push(PoolStatus {
                 id: p.id.clone(),
                 license: lic.id.clone(),
@@ -201,7 +202,8 @@ impl State {
                 in_use: usage(&p.id),
                 lease_expires,
                 lease_valid: valid,
-                changed: self.slice_changes.get(&p.id).cloned(),
+                changed_at: changed.map(|c| c.1),
+                change: changed.map(|c| c.2.clone()),
                 others: p
                     .members
                     .iter()
