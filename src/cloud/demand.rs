@@ -377,7 +377,22 @@ mod tests {
     }
 
     #[test]
-    fn a_left_pool_draining_reports_at_once() {
+    fn the_loop_looks_again_when_the_first_valid_lease_runs_out() {
+        let t0 = Instant::now();
+        let mut a = seen("A", 0, 4, Some(10));
+        a.expires = Some(t0 + ms(900));
+        let mut b = seen("B", 0, 4, Some(10));
+        b.expires = Some(t0 + ms(300));
+        let mut gone = seen("C", 0, 4, None);
+        gone.expires = Some(t0 + ms(100));
+        let v = view(vec![a, b.clone(), gone.clone()], 0);
+        assert_eq!(v.next_expiry(), Some(t0 + ms(300)), "expired ones are past");
+        assert_eq!(view(vec![gone], 0).next_expiry(), None);
+        assert_eq!(v.reports().len(), 3);
+    }
+
+    #[test]
+    fn a_left_pool_draining_reports_after_the_give_back_delay() {
         let t0 = Instant::now();
         let renew = t0 + Duration::from_secs(100);
         let mut left = seen("P", 5, 0, None);
