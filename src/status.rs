@@ -12,6 +12,7 @@ use crate::alerts::Thresholds;
 use crate::cloud::policy::{human, CloudStatus, Severity, StampSeen, SyncRecord};
 use crate::license::cap::describe_timeline;
 use crate::license::in_force::{Dropped, Licenses};
+use crate::license::lease::Limit;
 use crate::license::notices::{notices, Notice};
 use crate::license::report::BundleInfo;
 use crate::license::{Cap, Rejected, Step};
@@ -232,6 +233,9 @@ pub struct PoolStatus {
     pub lease_valid: bool,
     /// The other gateways drawing from the pool.
     pub others: Vec<String>,
+    /// Why the cloud granted less than this gateway wanted (its lease says).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limited: Option<Limit>,
 }
 
 fn render_pool(p: &PoolStatus, now: DateTime<Utc>) -> String {
@@ -243,6 +247,11 @@ fn render_pool(p: &PoolStatus, now: DateTime<Utc>) -> String {
             (Some(t), false) => format!("LEASE EXPIRED at {}: no new pool sessions", when(t, now)),
             (None, _) => "no lease yet: no pool sessions".to_string(),
         }
+    };
+    let lease = match p.limited.filter(|_| p.lease_valid) {
+        Some(Limit::Quiet { until }) if until <= now => lease,
+        Some(why) => format!("{lease}; {why}"),
+        None => lease,
     };
     let others = if p.others.is_empty() {
         "-".to_string()
@@ -585,11 +594,28 @@ mod tests {
             lease_expires: Some(t("2026-06-01T00:05:00Z")),
             lease_valid: true,
             others: vec!["ESG-B2".into(), "ESG-C3".into()],
+            limited: None,
         };
         assert_eq!(
             render_pool(&pool, now),
             "pool POOL-LIC-1 (150 seats, license LIC-1): slice 60, in use here 37; lease until 2026-06-01 00:05:00 (in 5m 0s); other members: ESG-B2, ESG-C3\n"
         );
+        // Why the slice is small, while the lease says so and it holds.
+        let quiet = |until| PoolStatus {
+            slice: 0,
+            limited: Some(Limit::Quiet { until }),
+            ..pool.clone()
+        };
+        assert!(render_pool(&quiet(t("2026-06-01T00:04:00Z")), now).contains(
+            "slice 0, in use here 37; lease until 2026-06-01 00:05:00 (in 5m 0s); cloud restarted: no new grants until 00:04:00 UTC; other"
+        ));
+        assert!(!render_pool(&quiet(now), now).contains("restarted"), "over");
+        let held = PoolStatus {
+            limited: Some(Limit::Held),
+            ..pool.clone()
+        };
+        assert!(render_pool(&held, now)
+            .contains("(in 5m 0s); waiting for seats other members still hold;"));
         let expired = PoolStatus {
             slice: 0,
             lease_valid: false,

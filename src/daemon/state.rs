@@ -180,6 +180,7 @@ impl State {
                     .filter(|m| **m != self.device)
                     .cloned()
                     .collect(),
+                limited: self.leases.get(&p.id).and_then(|h| h.lease.limited),
             });
         }
         out
