@@ -165,7 +165,8 @@ impl PoolAlloc {
     /// A current member's target by demand: its demand while the pool
     /// covers everyone's (the rest stays in reserve); under contention its
     /// floor plus a share of the seats above all floors in proportion to
-    /// its demand above its floor. Never above its demand.
+    /// its demand above its floor, the seats rounding leaves going one each
+    /// to the largest remainders (so none is lost). Never above its demand.
     fn target(&self, device: &str) -> u32 {
         let Some(me) = self.members.get(device) else {
             return 0;
@@ -176,13 +177,22 @@ impl PoolAlloc {
         }
         let spare = share.saturating_sub(floor);
         let excess = demand - floor;
-        let mine = u64::from(me.demand() - me.reported);
-        let above = if excess == 0 {
-            0
-        } else {
-            spare * mine / excess
-        };
-        me.reported + u32::try_from(above).unwrap_or(0)
+        if excess == 0 {
+            return me.reported;
+        }
+        let above = |m: &Member| u64::from(m.demand() - m.reported);
+        let current = || self.members.iter().filter(|(_, m)| m.member);
+        let leftover = spare
+            - current()
+                .map(|(_, m)| spare * above(m) / excess)
+                .sum::<u64>();
+        let rem = |m: &Member| spare * above(m) % excess;
+        let mine = rem(me);
+        let ahead = current()
+            .filter(|(n, m)| rem(m) > mine || (rem(m) == mine && n.as_str() < device))
+            .count() as u64;
+        let bonus = u64::from(mine > 0 && ahead < leftover);
+        me.reported + u32::try_from(spare * above(me) / excess + bonus).unwrap_or(0)
     }
 }
 
@@ -386,6 +396,32 @@ mod tests {
     }
 
     #[test]
+    fn no_seat_is_lost_to_rounding_under_contention() {
+        let mut a = Alloc::default();
+        a.set_pool("P", 150, &names(&["A", "B", "C"]));
+        let mut held = BTreeMap::new();
+        for (who, n) in [("A", 60), ("B", 49), ("C", 40)] {
+            let g = ask(&mut a, who, report(0, n, None));
+            let g = ask(&mut a, who, report(n, n, Some(g.grant.epoch)));
+            held.insert(who, g.grant.epoch);
+        }
+        // B's users are refused; A and C want only their headroom. One
+        // seat above the floors: proportionally B's 251/259 of it rounds
+        // to 0 as do A's and C's 4/259, so it goes to the largest remainder.
+        for (who, in_use, wanted) in [("B", 49, 300), ("A", 60, 64), ("C", 40, 44), ("B", 49, 300)]
+        {
+            let g = ask(&mut a, who, report(in_use, wanted, Some(held[who])));
+            held.insert(who, g.grant.epoch);
+            let want = if who == "B" { 50 } else { in_use };
+            assert_eq!(
+                (who, g.grant.seats, g.limit),
+                (who, want, Some(Limit::Contended))
+            );
+        }
+        assert_eq!(pool(&a).slices_in_force(), 150);
+    }
+
+    #[test]
     fn a_member_cut_off_keeps_its_seats_held_even_after_its_lease_expired() {
         let mut a = Alloc::default();
         a.set_pool("P", 150, &names(&["A", "C"]));
@@ -531,6 +567,15 @@ mod tests {
                         }
                         if quiet.is_some() {
                             prop_assert!(got <= r.in_use, "quiet: nothing beyond usage");
+                        }
+                        // Contended: the targets share out exactly what
+                        // the current members share, none lost to rounding.
+                        let p = pool(&a);
+                        let (share, _, floors) = p.demand();
+                        if p.contended() && floors <= share {
+                            let names = p.members.iter().filter(|(_, m)| m.member).map(|(n, _)| n);
+                            let sum: u64 = names.map(|n| u64::from(p.target(n))).sum();
+                            prop_assert_eq!(sum, share);
                         }
                         prop_assert_eq!(d.limit.is_none(), got >= demand);
                         if !flag {

@@ -1118,6 +1118,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn quiet_after_a_start_only_for_pools_granted_before() {
+        let now = Utc::now();
+        let mut alloc = alloc::Alloc::default();
+        let members = ["ESG-A".to_string(), "ESG-B".to_string()];
+        alloc.set_pool("P-OLD", 150, &members);
+        alloc.set_pool("P-NEW", 150, &members);
+        let r = PoolReport {
+            pool: "P-OLD".into(),
+            in_use: 0,
+            wanted: 4,
+            held_epoch: None,
+        };
+        alloc.request("ESG-A", &r, now, None).unwrap().unwrap();
+        // Through the file, as a restarted `serve` finds it.
+        let alloc = serde_json::from_str(&serde_json::to_string(&alloc).unwrap()).unwrap();
+        let pools = Pools::start(alloc, 300_000, now);
+        let until = now + Duration::milliseconds(300_000);
+        assert_eq!(
+            pools.quiet_until,
+            BTreeMap::from([("P-OLD".to_string(), until)]),
+            "a pool without a grant before is served at once"
+        );
+        let fresh = Pools::start(alloc::Alloc::default(), 300_000, now);
+        assert!(fresh.quiet_until.is_empty());
+    }
+
+    #[test]
     fn paths_relative_to_the_config_directory() {
         let cases = [
             ("/a/dc/ca.pem", "/a/dc", "ca.pem"),
