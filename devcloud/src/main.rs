@@ -886,6 +886,7 @@ fn tls_config(dir: &Path) -> Result<rustls::ServerConfig> {
 }
 
 async fn serve(dir: PathBuf, addr: SocketAddr, lease_ms: u64) -> Result<()> {
+    // Refuses to serve an uninitialised directory ("run `init` first").
     load(&dir)?;
     let pools = Pools::start(load_alloc(&dir)?, lease_ms, Utc::now());
     for (id, until) in &pools.quiet_until {
