@@ -137,9 +137,9 @@ impl PoolAlloc {
         u32::try_from(u64::from(self.seats).saturating_sub(others)).unwrap_or(0)
     }
 
-    #[cfg(test)]
     /// Whether the current members' demand exceeds what they share (the
     /// pool less what members that left still hold).
+    #[cfg(test)]
     pub fn contended(&self) -> bool {
         let (share, demand, _) = self.demand();
         demand > share
