@@ -9,17 +9,18 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 
 use super::alerting;
+use super::evict::{self, Ended, Why};
 use super::gateway::log_release_fault;
 use super::state::Shared;
 use super::status_cache::Lookup;
 use crate::admission::access::{Peer, Rights};
 use crate::admission::protocol::{
-    self, AdmitRequest, AdmitResponse, DenyReason, ErrorCode, PongResponse, ReleaseResponse,
-    Request, Response, ServerKind, UsageResponse,
+    self, AdmitRequest, AdmitResponse, DenyReason, ErrorCode, EvictResponse, PongResponse,
+    ReleaseResponse, Request, Response, ServerKind, UsageResponse,
 };
 use crate::admission::seats::{Admission, Asker, Release};
 use crate::admission::server::{Bytes, Reply, Service, Undo};
-use crate::admission::table::{Decision, ServerId};
+use crate::admission::table::{Decision, ServerId, Session};
 use crate::sys::process::{self, Relation};
 use crate::text::shown;
 
@@ -70,11 +71,7 @@ impl Service for Shared {
                 };
                 self.release(&key, asker)
             }
-            Request::Evict { key } => {
-                // Who freed a seat by hand is the operator's audit trail.
-                tracing::warn!(key = %shown(&key), operator_uid = peer.uid, operator_pid = peer.pid, "evict asked by an operator");
-                self.release(&key, Some(Asker::Operator))
-            }
+            Request::Evict { key, user } => self.evict(peer, key, user),
             Request::Status => self.status_reply(),
             Request::Usage => {
                 let report = self.peek().usage_report(Utc::now(), Instant::now());
@@ -138,6 +135,56 @@ fn alive(server: &ServerId) -> bool {
 }
 
 impl Shared {
+    /// Ends a session, or every session of a user, through its server; the
+    /// answer waits for the servers off the socket server's way.
+    fn evict(self: Arc<Self>, peer: &Peer, key: Option<String>, user: Option<String>) -> Reply {
+        // Who ended a session by hand is the operator's audit trail.
+        let (uid, pid) = (peer.uid, peer.pid);
+        let (mut sessions, in_use) = {
+            let state = self.peek();
+            let table = state.seats.table();
+            let sessions: Vec<Session> = match (&key, &user) {
+                (Some(k), _) => table.get(k).cloned().into_iter().collect(),
+                (None, Some(u)) => table.sessions().filter(|s| &s.user == u).cloned().collect(),
+                (None, None) => Vec::new(),
+            };
+            (sessions, state.seats.in_use())
+        };
+        let n = sessions.len();
+        match (&key, &user) {
+            (Some(k), _) => {
+                tracing::warn!(key = %shown(k), sessions = n, operator_uid = uid, operator_pid = pid, "evict asked by an operator")
+            }
+            (_, u) => {
+                tracing::warn!(user = %shown(u.as_deref().unwrap_or_default()), sessions = n, operator_uid = uid, operator_pid = pid, "evict asked by an operator")
+            }
+        }
+        if sessions.is_empty() {
+            return answer(Response::Evict(EvictResponse {
+                ok: true,
+                released: false,
+                in_use,
+                sessions: Vec::new(),
+            }));
+        }
+        sessions.sort_by(|a, b| (a.since, &a.key).cmp(&(b.since, &b.key)));
+        let (done, pending) = tokio::sync::watch::channel(None);
+        tokio::spawn(async move {
+            let ended = evict::disconnect(&self, sessions, Why::Operator { uid, pid }).await;
+            let response = Response::Evict(EvictResponse {
+                ok: true,
+                released: ended.iter().any(|e| e.freed),
+                in_use: self.peek().seats.in_use(),
+                sessions: ended.iter().map(Ended::wire).collect(),
+            });
+            let _ = done.send(Some(Arc::new(response.encode())));
+        });
+        Reply {
+            bytes: Bytes::Pending(pending),
+            undo: None,
+        }
+    }
+
     /// Frees the seats of sessions lost with a damaged snapshot.
     fn forget_lost(&self, peer: &Peer) -> Reply {
         let mut state = self.lock();

@@ -114,7 +114,7 @@ async fn openvpn_unbounded(management: &Path, what: &str) -> Result<OpenvpnAnswe
     })
 }
 
-async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
+pub(super) async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
     rd: &mut R,
     what: &str,
 ) -> Result<String, FetchError> {
@@ -164,16 +164,27 @@ async fn run_occtl(
     what: &str,
     timeout: Duration,
 ) -> Result<String, FetchError> {
+    run(occtl, socket, &["-j", "show", what], timeout).await
+}
+
+/// Runs `occtl [-s SOCKET] ARGS` within `timeout`; its output when it
+/// exits 0.
+pub(super) async fn run(
+    occtl: &Path,
+    socket: Option<&Path>,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<String, FetchError> {
     let mut cmd = tokio::process::Command::new(occtl);
     if let Some(s) = socket {
         cmd.arg("-s").arg(s);
     }
-    cmd.args(["-j", "show", what])
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let command = format!("{} -j show {what}", occtl.display());
+    let command = format!("{} {}", occtl.display(), args.join(" "));
     let child = cmd.spawn().map_err(|source| FetchError::Spawn {
         path: occtl.to_path_buf(),
         source,

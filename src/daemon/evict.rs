@@ -1,0 +1,259 @@
+//! Ending sessions on purpose, one way for every reason: through the VPN
+//! server that holds them (`reconcile::control`), freeing their seats by
+//! what the server said, each logged with who or what asked. Operator
+//! evictions, over-cap enforcement (the `over_cap` loop here) and the seat
+//! policy all come through `disconnect`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use super::alerting;
+use super::gateway::log_release_fault;
+use super::state::Shared;
+use crate::admission::over_cap::{self, Order, Step};
+use crate::admission::protocol::{EvictOutcome, Evicted};
+use crate::admission::table::Session;
+use crate::config::OverCap;
+use crate::reconcile::control::{self, Outcome};
+use crate::text::shown;
+
+/// Why sessions are ended: the log says so, and it decides what becomes
+/// of a seat whose end the server did not confirm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// `seatgate evict` (the peer's credentials). The operator asked for
+    /// the seat: it is freed even when the tunnel may still be up.
+    Operator { uid: u32, pid: i32 },
+    /// The seats in use exceed the cap (`[admission] over_cap`). A seat is
+    /// freed only when the server confirmed the session ended: freeing a
+    /// live tunnel's seat would let one more in over the cap.
+    OverCap,
+    /// A seat policy rule (e.g. "replace_oldest"); like `OverCap`.
+    #[allow(dead_code)] // the seat policy's rules call it (issue 14, merged apart)
+    Policy(&'static str),
+}
+
+/// What became of one session.
+#[derive(Debug, Clone)]
+pub struct Ended {
+    pub session: Session,
+    pub outcome: Outcome,
+    /// Whether this call freed its seat (false also when it was freed
+    /// already, e.g. by the disconnect hook).
+    pub freed: bool,
+}
+
+impl Ended {
+    /// What happened, in words (log lines and the `evict` answer).
+    pub fn message(&self) -> String {
+        let kept = if self.freed {
+            ""
+        } else {
+            "; it keeps its seat"
+        };
+        match &self.outcome {
+            Outcome::Disconnected { via } => format!("disconnected through {via}"),
+            Outcome::Gone { via } => format!("had ended already ({via})"),
+            Outcome::NoControl if self.freed => {
+                "seat freed; the tunnel is still up: no [[reconcile]] entry controls this server"
+                    .into()
+            }
+            Outcome::NoControl => {
+                format!("not disconnected: no [[reconcile]] entry controls this server{kept}")
+            }
+            Outcome::Failed { via, error } if self.freed => {
+                format!("seat freed, but the tunnel may still be up: {via}: {error}")
+            }
+            Outcome::Failed { via, error } => format!("not disconnected: {via}: {error}{kept}"),
+        }
+    }
+
+    pub fn wire(&self) -> Evicted {
+        Evicted {
+            key: self.session.key.clone(),
+            user: self.session.user.clone(),
+            outcome: match self.outcome {
+                Outcome::Disconnected { .. } => EvictOutcome::Disconnected,
+                Outcome::Gone { .. } => EvictOutcome::Gone,
+                Outcome::NoControl => EvictOutcome::NoControl,
+                Outcome::Failed { .. } => EvictOutcome::Failed,
+            },
+            freed: self.freed,
+            message: self.message(),
+        }
+    }
+}
+
+/// Ends `sessions` through their servers (bounded by each `[[reconcile]]`
+/// entry's timeout), frees their seats as `why` allows, and logs each.
+/// Only the very admission instance given is freed: a session re-admitted
+/// under the same key meanwhile keeps its seat.
+pub async fn disconnect(shared: &Shared, sessions: Vec<Session>, why: Why) -> Vec<Ended> {
+    if sessions.is_empty() {
+        return Vec::new();
+    }
+    let config = shared.config();
+    let outcomes = control::disconnect(&config.reconcile, &sessions).await;
+    let mut state = shared.lock();
+    let mut fault = None;
+    let ended: Vec<Ended> = sessions
+        .into_iter()
+        .zip(outcomes)
+        .map(|(session, outcome)| {
+            let confirmed = matches!(outcome, Outcome::Disconnected { .. } | Outcome::Gone { .. });
+            let mut freed = false;
+            if confirmed || matches!(why, Why::Operator { .. }) {
+                let (s, f) = state.seats.release_instance(&session.key, session.instance);
+                freed = s.is_some();
+                if fault.is_none() {
+                    fault = f;
+                }
+            }
+            Ended {
+                session,
+                outcome,
+                freed,
+            }
+        })
+        .collect();
+    let in_use = state.seats.in_use();
+    drop(state);
+    log_release_fault(fault);
+    for e in &ended {
+        let (key, user, message) = (shown(&e.session.key), shown(&e.session.user), e.message());
+        let freed = e.freed;
+        match why {
+            Why::Operator { uid, pid } => {
+                tracing::warn!(%key, %user, freed, in_use, operator_uid = uid, operator_pid = pid, "evicted by an operator: {message}")
+            }
+            Why::OverCap => {
+                tracing::warn!(%key, %user, freed, in_use, "over the cap: {message}")
+            }
+            Why::Policy(rule) => {
+                tracing::info!(%key, %user, freed, in_use, rule, "seat policy: {message}")
+            }
+        }
+    }
+    if ended.iter().any(|e| e.freed) {
+        alerting::usage(shared);
+    }
+    ended
+}
+
+/// `disconnect` on its own task, for callers that must not wait (an
+/// admission): the outcome is in the log.
+#[allow(dead_code)] // the seat policy's replace_oldest calls it (issue 14, merged apart)
+pub fn spawn_disconnect(shared: Arc<Shared>, sessions: Vec<Session>, why: Why) {
+    tokio::spawn(async move {
+        disconnect(&shared, sessions, why).await;
+    });
+}
+
+/// Which sessions `policy` disconnects first (None: it drains).
+pub fn order(policy: OverCap) -> Option<Order> {
+    match policy {
+        OverCap::Drain => None,
+        OverCap::DisconnectNewest => Some(Order::Newest),
+        OverCap::DisconnectOldest => Some(Order::Oldest),
+    }
+}
+
+/// How often the over-cap state is looked at: the cap can drop by a
+/// reload, a bundle from the cloud, a pool lease or the clock.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+
+/// Over-cap enforcement: starts the countdown when the seats in use exceed
+/// the cap under a disconnecting `over_cap`, cancels it when the cap
+/// recovers or sessions end, and when it runs out disconnects the plan's
+/// sessions (`admission::over_cap`). A disconnect the server did not
+/// confirm keeps its seat and is tried again after another grace period.
+pub async fn over_cap(shared: Arc<Shared>, cancel: CancellationToken) {
+    let mut wait = Duration::ZERO;
+    loop {
+        if cancel
+            .run_until_cancelled(tokio::time::sleep(wait))
+            .await
+            .is_none()
+        {
+            return;
+        }
+        wait = LOOK_EVERY;
+        let admission = shared.config().admission.clone();
+        let enforcing = order(admission.over_cap).map(|o| (o, admission.over_cap_grace));
+        let (now, mono) = (Utc::now(), Instant::now());
+        let victims = {
+            let quiet = {
+                let state = shared.peek();
+                let over = state.seats.in_use() > state.cap(now, mono);
+                !over && state.countdown.since.is_none() && state.enforcing == enforcing
+            };
+            if quiet {
+                continue;
+            }
+            let mut state = shared.lock();
+            state.enforcing = enforcing;
+            let cap = state.cap(now, mono);
+            let over_by = state.seats.in_use().saturating_sub(cap);
+            let step = state.countdown.step(over_by > 0, enforcing.is_some(), mono);
+            let Some((order, grace)) = enforcing else {
+                if step == Step::Cancelled {
+                    tracing::info!(
+                        "over_cap is \"drain\" now: the over-cap countdown is cancelled"
+                    );
+                }
+                continue;
+            };
+            let over_for = state.countdown.over_for(mono);
+            let plan = over_cap::plan(state.seats.table(), cap, order, grace, over_for, now);
+            let which = format!("{order:?}").to_lowercase();
+            match (step, &plan) {
+                (Step::Cancelled, _) => {
+                    tracing::info!(
+                        cap,
+                        "back within the cap: the over-cap countdown is cancelled"
+                    );
+                    continue;
+                }
+                (Step::Started, Some(p)) => {
+                    tracing::warn!(cap, over_by, grace_ms = grace.as_millis() as u64, "over the cap by {over_by}: disconnecting the {} {which} sessions at {} unless the cap recovers or sessions end first", p.keys.len(), p.at.format("%H:%M:%S"));
+                }
+                _ => {}
+            }
+            let Some(plan) = plan.filter(|p| p.due()) else {
+                wait = wait.min(grace.saturating_sub(over_for) + Duration::from_millis(5));
+                continue;
+            };
+            // Another grace before trying again what the servers refuse.
+            state.countdown.since = Some(mono);
+            if plan.lost > 0 {
+                tracing::error!(lost = plan.lost, "over the cap by {}: {} of those seats are held by sessions lost with a damaged snapshot and cannot be disconnected (check the VPN servers, then `seatgate evict --lost`)", plan.over_by, plan.lost);
+            }
+            let table = state.seats.table();
+            plan.keys
+                .iter()
+                .filter_map(|k| table.get(k).cloned())
+                .collect::<Vec<Session>>()
+        };
+        let n = victims.len();
+        if n > 0 {
+            tracing::warn!("over the cap: the grace period is over; disconnecting {n} sessions");
+            let ended = disconnect(&shared, victims, Why::OverCap).await;
+            let freed = ended
+                .iter()
+                .filter(|e| {
+                    e.freed
+                        || matches!(
+                            e.outcome,
+                            Outcome::Disconnected { .. } | Outcome::Gone { .. }
+                        )
+                })
+                .count();
+            if freed < n {
+                tracing::warn!(freed, asked = n, "over the cap: not every session could be disconnected; trying again after another grace period");
+            }
+        }
+    }
+}
