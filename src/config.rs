@@ -1027,7 +1027,7 @@ mod tests {
         assert_eq!(problems[0].key, "admission.max_conections (line 4)");
         assert!(
             problems[0].message.contains(
-                "unknown key \"max_conections\"; the keys here are over_cap, max_connections"
+                "unknown key \"max_conections\"; the keys here are over_cap, over_cap_grace_ms, max_connections"
             ),
             "{:?}",
             problems[0]

@@ -346,7 +346,7 @@ pub fn render_plan(p: &Plan, now: DateTime<Utc>) -> String {
             let left = human(p.at - now);
             format!("at {} (in {left})", p.at.format("%H:%M:%S"))
         };
-        let keys: Vec<String> = p.keys.iter().map(|k| shown(k).to_string()).collect();
+        let keys: Vec<String> = p.keys.iter().map(|k| shown(k)).collect();
         line.push_str(&format!(
             "disconnecting the {} {order} sessions {when}: {}; ",
             p.keys.len(),
@@ -643,6 +643,32 @@ mod tests {
         };
         assert!(
             render_pool(&none, now).ends_with("no lease yet: no pool sessions; other members: -\n")
+        );
+    }
+
+    #[test]
+    fn the_over_cap_plan_line_says_what_goes_and_when() {
+        use crate::admission::over_cap::{Order, Plan};
+        let now = t("2026-06-02T12:01:05Z");
+        let mut p = Plan {
+            order: Order::Newest,
+            over_by: 2,
+            at: t("2026-06-02T12:01:30Z"),
+            in_ms: 25_000,
+            keys: vec!["k2".into(), "k\u{1b}1".into()],
+            lost: 0,
+        };
+        assert_eq!(
+            render_plan(&p, now),
+            "OVER CAP BY 2: disconnecting the 2 newest sessions at 12:01:30 (in 25s): k2, k\\u{1b}1; new sessions are denied"
+        );
+        p.in_ms = 0;
+        p.lost = 1;
+        p.keys.pop();
+        p.order = Order::Oldest;
+        assert_eq!(
+            render_plan(&p, now),
+            "OVER CAP BY 2: disconnecting the 1 oldest sessions now: k2; 1 seats held by lost sessions cannot be disconnected; new sessions are denied"
         );
     }
 

@@ -199,7 +199,10 @@ mod tests {
         let complete = format!("{CIPHER_FAIL}END\r\n");
         assert_eq!(
             parse_status3(&complete).unwrap(),
-            vec![client("client1", "10.8.0.2", 1795808742)]
+            vec![Client {
+                client_id: Some(3),
+                ..client("client1", "10.8.0.2", 1795808742)
+            }]
         );
     }
 

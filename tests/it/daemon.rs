@@ -560,8 +560,12 @@ fn only_the_server_that_holds_a_session_may_release_or_readmit_it() {
     let st = d.status();
     assert_eq!((st.in_use, st.sessions[0].server_pid), (1, new.pid()));
     // An operator (root here) evicts any session.
-    match call(&d.socket, &Request::Evict { key: "k".into() }).unwrap() {
-        Response::Release(r) => assert!(r.released, "{r:?}"),
+    let evict = Request::Evict {
+        key: Some("k".into()),
+        user: None,
+    };
+    match call(&d.socket, &evict).unwrap() {
+        Response::Evict(r) => assert!(r.released && r.sessions[0].freed, "{r:?}"),
         other => panic!("{other:?}"),
     }
 }
