@@ -211,10 +211,7 @@ pub async fn over_cap(shared: Arc<Shared>, cancel: CancellationToken) {
             let which = format!("{order:?}").to_lowercase();
             match (step, &plan) {
                 (Step::Cancelled, _) => {
-                    tracing::info!(
-                        cap,
-                        "back within the cap: the over-cap countdown is cancelled"
-                    );
+                    tracing::info!(cap, "back within the cap: the over-cap countdown ends");
                     continue;
                 }
                 (Step::Started, Some(p)) => {
@@ -241,6 +238,8 @@ pub async fn over_cap(shared: Arc<Shared>, cancel: CancellationToken) {
         if n > 0 {
             tracing::warn!("over the cap: the grace period is over; disconnecting {n} sessions");
             let ended = disconnect(&shared, victims, Why::OverCap).await;
+            // Look again at once: back within the cap ends the countdown.
+            wait = Duration::ZERO;
             let freed = ended
                 .iter()
                 .filter(|e| {
