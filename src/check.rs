@@ -320,6 +320,7 @@ mod tests {
             in_ms: 24_500,
             keys: vec!["a".into(), "b".into()],
             lost: 0,
+            counting: true,
         });
         let v = judge(&s, Limits::default());
         assert_eq!(v.state, State::Critical);

@@ -657,6 +657,7 @@ mod tests {
             in_ms: 25_000,
             keys: vec!["k2".into(), "k\u{1b}1".into()],
             lost: 0,
+            counting: true,
         };
         assert_eq!(
             render_plan(&p, now),

@@ -36,6 +36,10 @@ pub struct Plan {
     /// Seats over the cap held by lost sessions: they cannot be
     /// disconnected (`seatgate evict --lost` once the servers are checked).
     pub lost: u32,
+    /// Whether the countdown runs (false: the daemon starts it at its next
+    /// look, within a second; `at` is then a grace from now).
+    #[serde(default)]
+    pub counting: bool,
 }
 
 impl Plan {
@@ -81,21 +85,21 @@ impl Countdown {
         }
     }
 
-    /// How long the over-cap state has lasted (zero without a countdown).
-    pub fn over_for(&self, now: Instant) -> Duration {
-        self.since
-            .map_or(Duration::ZERO, |s| now.saturating_duration_since(s))
+    /// How long the over-cap state has lasted (None: no countdown).
+    pub fn over_for(&self, now: Instant) -> Option<Duration> {
+        self.since.map(|s| now.saturating_duration_since(s))
     }
 }
 
 /// The plan for `table` against `cap`, the over-cap state having lasted
-/// `over_for` of `grace`; None when the table is within the cap.
+/// `over_for` of `grace` (None: no countdown yet, a full grace from
+/// `now`); None when the table is within the cap.
 pub fn plan(
     table: &Table,
     cap: u32,
     order: Order,
     grace: Duration,
-    over_for: Duration,
+    over_for: Option<Duration>,
     now: DateTime<Utc>,
 ) -> Option<Plan> {
     let over_by = table.in_use().checked_sub(cap).filter(|&n| n > 0)?;
@@ -110,7 +114,7 @@ pub fn plan(
         .map(|s| s.key.clone())
         .collect();
     let lost = over_by - u32::try_from(keys.len()).unwrap_or(u32::MAX).min(over_by);
-    let left = grace.saturating_sub(over_for);
+    let left = grace.saturating_sub(over_for.unwrap_or_default());
     Some(Plan {
         order,
         over_by,
@@ -121,6 +125,7 @@ pub fn plan(
         in_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
         keys,
         lost,
+        counting: over_for.is_some(),
     })
 }
 
@@ -163,21 +168,21 @@ mod tests {
     fn within_the_cap_there_is_no_plan() {
         for (n, cap) in [(0, 0), (3, 3), (3, 5)] {
             assert_eq!(
-                plan(&table(n, 0), cap, Order::Newest, GRACE, GRACE, at(9)),
+                plan(&table(n, 0), cap, Order::Newest, GRACE, Some(GRACE), at(9)),
                 None
             );
         }
         // Lost seats count: 2 known + 2 lost over a cap of 3.
-        assert!(plan(&table(2, 2), 3, Order::Newest, GRACE, GRACE, at(9)).is_some());
+        assert!(plan(&table(2, 2), 3, Order::Newest, GRACE, Some(GRACE), at(9)).is_some());
     }
 
     #[test]
     fn newest_or_oldest_go_first() {
         let t = table(5, 0);
-        let p = plan(&t, 2, Order::Newest, GRACE, Duration::ZERO, at(9)).unwrap();
+        let p = plan(&t, 2, Order::Newest, GRACE, Some(Duration::ZERO), at(9)).unwrap();
         assert_eq!((p.over_by, p.lost), (3, 0));
         assert_eq!(p.keys, ["k4", "k3", "k2"]);
-        let p = plan(&t, 2, Order::Oldest, GRACE, Duration::ZERO, at(9)).unwrap();
+        let p = plan(&t, 2, Order::Oldest, GRACE, Some(Duration::ZERO), at(9)).unwrap();
         assert_eq!(p.keys, ["k0", "k1", "k2"]);
         // Admitted at the same instant: by key, so the plan is stable.
         let mut same = table(0, 0);
@@ -191,7 +196,7 @@ mod tests {
                 })
                 .collect(),
         );
-        let p = plan(&same, 1, Order::Oldest, GRACE, GRACE, at(0)).unwrap();
+        let p = plan(&same, 1, Order::Oldest, GRACE, Some(GRACE), at(0)).unwrap();
         assert_eq!(p.keys, ["a", "b"]);
     }
 
@@ -203,29 +208,25 @@ mod tests {
             2,
             Order::Newest,
             GRACE,
-            Duration::from_secs(35),
+            Some(Duration::from_secs(35)),
             at(100),
         )
         .unwrap();
         assert_eq!((p.in_ms, p.at, p.due()), (25_000, at(125), false));
-        let p = plan(&t, 2, Order::Newest, GRACE, GRACE, at(100)).unwrap();
+        assert!(p.counting);
+        // Not started yet: a full grace from now, and said so.
+        let p = plan(&t, 2, Order::Newest, GRACE, None, at(100)).unwrap();
+        assert_eq!((p.in_ms, p.at, p.counting), (60_000, at(160), false));
+        let p = plan(&t, 2, Order::Newest, GRACE, Some(GRACE), at(100)).unwrap();
         assert_eq!((p.in_ms, p.at, p.due()), (0, at(100), true));
-        let p = plan(&t, 2, Order::Newest, GRACE, GRACE * 10, at(100)).unwrap();
+        let p = plan(&t, 2, Order::Newest, GRACE, Some(GRACE * 10), at(100)).unwrap();
         assert!(p.due());
         // No grace: due at once.
-        let p = plan(
-            &t,
-            2,
-            Order::Newest,
-            Duration::ZERO,
-            Duration::ZERO,
-            at(100),
-        )
-        .unwrap();
+        let p = plan(&t, 2, Order::Newest, Duration::ZERO, None, at(100)).unwrap();
         assert!(p.due());
         // A grace too long for the wall clock still plans (never panics).
         let huge = Duration::from_secs(u64::MAX);
-        let p = plan(&t, 2, Order::Newest, huge, Duration::ZERO, at(100)).unwrap();
+        let p = plan(&t, 2, Order::Newest, huge, None, at(100)).unwrap();
         assert!(!p.due());
     }
 
@@ -239,13 +240,13 @@ mod tests {
         assert_eq!(c.step(true, false, t0), Step::Idle);
         assert_eq!(c.step(true, true, t0), Step::Started);
         assert_eq!(c.step(true, true, later), Step::Running);
-        assert_eq!(c.over_for(later), Duration::from_secs(5));
+        assert_eq!(c.over_for(later), Some(Duration::from_secs(5)));
         // Sessions ended (or the cap came back): cancelled, and a new
         // over-cap state starts a full grace again.
         assert_eq!(c.step(false, true, later), Step::Cancelled);
-        assert_eq!(c.over_for(later), Duration::ZERO);
+        assert_eq!(c.over_for(later), None);
         assert_eq!(c.step(true, true, later), Step::Started);
-        assert_eq!(c.over_for(later), Duration::ZERO);
+        assert_eq!(c.over_for(later), Some(Duration::ZERO));
         // The policy switched to drain by a reload: cancelled too.
         assert_eq!(c.step(true, false, later), Step::Cancelled);
     }
@@ -253,13 +254,13 @@ mod tests {
     #[test]
     fn lost_seats_cannot_be_disconnected() {
         // 2 known + 3 lost over a cap of 1: both known go, 2 lost remain over.
-        let p = plan(&table(2, 3), 1, Order::Newest, GRACE, GRACE, at(9)).unwrap();
+        let p = plan(&table(2, 3), 1, Order::Newest, GRACE, Some(GRACE), at(9)).unwrap();
         assert_eq!((p.over_by, p.keys.len(), p.lost), (4, 2, 2));
         // Lost seats within what the known sessions cover: all disconnectable.
-        let p = plan(&table(4, 1), 3, Order::Oldest, GRACE, GRACE, at(9)).unwrap();
+        let p = plan(&table(4, 1), 3, Order::Oldest, GRACE, Some(GRACE), at(9)).unwrap();
         assert_eq!((p.over_by, p.keys.len(), p.lost), (2, 2, 0));
         // Only lost seats: nothing to disconnect.
-        let p = plan(&table(0, 5), 2, Order::Oldest, GRACE, GRACE, at(9)).unwrap();
+        let p = plan(&table(0, 5), 2, Order::Oldest, GRACE, Some(GRACE), at(9)).unwrap();
         assert_eq!((p.over_by, p.keys.len(), p.lost), (3, 0, 3));
     }
 }

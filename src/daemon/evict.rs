@@ -173,11 +173,13 @@ const LOOK_EVERY: Duration = Duration::from_secs(1);
 pub async fn over_cap(shared: Arc<Shared>, cancel: CancellationToken) {
     let mut wait = Duration::ZERO;
     loop {
-        if cancel
-            .run_until_cancelled(tokio::time::sleep(wait))
-            .await
-            .is_none()
-        {
+        let look = async {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shared.over_cap_look.notified() => {}
+            }
+        };
+        if cancel.run_until_cancelled(look).await.is_none() {
             return;
         }
         wait = LOOK_EVERY;
@@ -220,7 +222,8 @@ pub async fn over_cap(shared: Arc<Shared>, cancel: CancellationToken) {
                 _ => {}
             }
             let Some(plan) = plan.filter(|p| p.due()) else {
-                wait = wait.min(grace.saturating_sub(over_for) + Duration::from_millis(5));
+                let left = grace.saturating_sub(over_for.unwrap_or_default());
+                wait = wait.min(left + Duration::from_millis(5));
                 continue;
             };
             // Another grace before trying again what the servers refuse.

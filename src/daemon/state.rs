@@ -266,6 +266,9 @@ pub struct Shared {
     pub policy: watch::Receiver<Arc<Policy>>,
     pub persist: super::persist::Doorbell,
     pub status_cache: super::status_cache::StatusCache,
+    /// Rung when the cap may have dropped (a reload, a new bundle): the
+    /// over-cap loop looks at once instead of at its next tick.
+    pub over_cap_look: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -283,6 +286,7 @@ impl Shared {
             policy,
             persist,
             status_cache: Default::default(),
+            over_cap_look: Default::default(),
         }
     }
 

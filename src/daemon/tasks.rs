@@ -170,6 +170,7 @@ pub async fn reloader(
                 publish.policy.send_replace(Arc::new(policy));
                 publish.config.send_replace(Arc::new(config));
                 tracing::info!("config and licenses reloaded; sessions kept");
+                shared.over_cap_look.notify_one();
                 super::alerting::usage(&shared);
                 super::alerting::licenses(&shared);
                 None

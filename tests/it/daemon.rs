@@ -370,6 +370,18 @@ fn a_peer_that_is_not_allowed_cannot_admit_or_read() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("may not read status"));
     assert_eq!(d.status().in_use, 0);
+    // Nor end a session, by key or by user.
+    assert!(admitted(&server.try_call(&server.admit("k1")).unwrap()));
+    for args in [
+        &["evict", "k1", "--socket", &sock][..],
+        &["evict", "--user", "user-k1", "--socket", &sock],
+    ] {
+        let out = as_nobody(args, &[]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("may not evict sessions"), "{err}");
+    }
+    assert_eq!(d.status().in_use, 1);
 }
 
 #[test]

@@ -314,3 +314,84 @@ fn over_cap_drains_or_disconnects_the_newest_real_clients_down_to_the_cap() {
     );
     assert!(log.contains("back within the cap"), "{log}");
 }
+
+/// A server that cannot be asked (its management socket is not where the
+/// entry says): the operator's eviction still frees the seat, says the
+/// tunnel may still be up and why, and exits non-zero.
+#[test]
+fn evict_through_an_unreachable_server_frees_the_seat_and_says_so() {
+    require_tools();
+    let ns = Netns::new(1);
+    let gw = Gateway::new(3);
+    let mut config = std::fs::read_to_string(gw.config_path()).unwrap();
+    config.push_str("[[reconcile]]\nkind = \"openvpn\"\nmanagement = \"/nonexistent/mgmt.sock\"\n");
+    std::fs::write(gw.config_path(), config).unwrap();
+    let server = OpenvpnServer::start(&ns, &seatgate_hook("openvpn"), &gw.socket());
+    let d = gw.start();
+    let mut c1 = openvpn_client(&ns, 1, "");
+    assert_eq!(outcome(&c1, CONNECT), Outcome::Connected);
+    let out = gw.cli(&["evict", &key_of(&d, "client1")]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("seat freed, but the tunnel may still be up: openvpn /nonexistent/mgmt.sock: cannot connect"),
+        "{text}"
+    );
+    assert_eq!(d.status().in_use, 0);
+    assert_eq!(openvpn_lists(&server.management), names([1]));
+    assert!(!c1.exited());
+}
+
+/// Over the cap, sessions no entry can disconnect keep their seats (a
+/// freed seat with a live tunnel would let one more in over the cap): the
+/// countdown starts again; the cap coming back ends it.
+#[test]
+fn over_cap_keeps_seats_it_cannot_disconnect_and_the_cap_coming_back_ends_the_countdown() {
+    let gw = Gateway::with_config(
+        3,
+        "over_cap = \"disconnect_oldest\"\nover_cap_grace_ms = 300",
+    );
+    let mut config = std::fs::read_to_string(gw.config_path()).unwrap();
+    config.push_str("[[reconcile]]\nkind = \"openvpn\"\nmanagement = \"/nonexistent/mgmt.sock\"\n");
+    std::fs::write(gw.config_path(), config).unwrap();
+    let d = gw.spawn("info");
+    d.wait_ready();
+    let server = FakeServer::start(&gw.socket());
+    for k in ["k1", "k2", "k3"] {
+        assert!(admitted(&server.try_call(&server.admit(k)).unwrap()));
+    }
+    gw.write_bundle(&bundle(2, vec![]));
+    d.signal(Signal::SIGHUP);
+    let first = wait_for("the countdown", Duration::from_secs(5), || {
+        d.status().over_cap
+    });
+    assert_eq!(first.keys, ["k1"], "the oldest goes first: {first:?}");
+    // Tried and refused (no entry controls it): a new countdown, seat kept.
+    let again = wait_for(
+        "the countdown to start again",
+        Duration::from_secs(5),
+        || d.status().over_cap.filter(|p| p.at > first.at),
+    );
+    assert_eq!(again.keys, ["k1"]);
+    assert_eq!(d.status().in_use, 3);
+    let text = stdout(&gw.cli(&["status"]));
+    assert!(
+        text.contains("OVER CAP BY 1: disconnecting the 1 oldest sessions"),
+        "{text}"
+    );
+    // The license comes back: no countdown, nothing disconnected.
+    gw.write_bundle(&bundle(3, vec![spc("LIC-1", 3)]));
+    d.signal(Signal::SIGHUP);
+    wait_for("the countdown to end", Duration::from_secs(5), || {
+        d.status().over_cap.is_none().then_some(())
+    });
+    assert_eq!(d.status().in_use, 3);
+    d.signal(Signal::SIGTERM);
+    let (_, log) = d.wait_exit(Duration::from_secs(10));
+    assert!(
+        log.contains("over the cap: not disconnected: no [[reconcile]] entry controls this server; it keeps its seat"),
+        "{log}"
+    );
+    assert!(log.contains("freed=false"), "{log}");
+    assert!(log.contains("back within the cap"), "{log}");
+}
