@@ -195,7 +195,7 @@ async fn ocserv(
         // Only a worker this ocserv forked (occtl names its main process
         // as ocserv sees itself); another instance may reuse the ID.
         let parent = process::parent_pid(s.server.pid).and_then(process::read);
-        if !parent.is_some_and(|p| p.own_pid() == a.server_pid) {
+        if parent.is_none_or(|p| p.own_pid() != a.server_pid) {
             continue;
         }
         let Some((id, user)) = ocserv::key_parts(&s.key) else {
