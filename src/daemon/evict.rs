@@ -183,8 +183,11 @@ pub async fn over_cap(shared: Arc<Shared>, cancel: CancellationToken) {
             return;
         }
         wait = LOOK_EVERY;
-        let admission = shared.config().admission.clone();
-        let enforcing = order(admission.over_cap).map(|o| (o, admission.over_cap_grace));
+        let enforcing = {
+            let config = shared.config();
+            let a = &config.admission;
+            order(a.over_cap).map(|o| (o, a.over_cap_grace))
+        };
         let (now, mono) = (Utc::now(), Instant::now());
         let victims = {
             let quiet = {
