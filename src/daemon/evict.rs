@@ -262,3 +262,83 @@ pub async fn over_cap(shared: Arc<Shared>, cancel: CancellationToken) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admission::protocol::ServerKind;
+    use crate::admission::table::ServerId;
+
+    fn ended(outcome: Outcome, freed: bool) -> Ended {
+        Ended {
+            session: Session {
+                key: "k".into(),
+                instance: 1,
+                user: "u".into(),
+                remote: String::new(),
+                server: ServerId {
+                    kind: ServerKind::Openvpn,
+                    pid: 1,
+                    start_ticks: 1,
+                    ns_pid: 1,
+                },
+                since: chrono::DateTime::UNIX_EPOCH,
+            },
+            outcome,
+            freed,
+        }
+    }
+
+    #[test]
+    fn each_outcome_is_said_plainly_and_mapped_to_the_wire() {
+        let via = || "openvpn /run/m.sock".to_string();
+        let failed = || Outcome::Failed {
+            via: via(),
+            error: "timed out".into(),
+        };
+        let cases = [
+            (
+                ended(Outcome::Disconnected { via: via() }, true),
+                EvictOutcome::Disconnected,
+                "disconnected through openvpn /run/m.sock",
+            ),
+            (
+                ended(Outcome::Gone { via: via() }, false),
+                EvictOutcome::Gone,
+                "had ended already (openvpn /run/m.sock)",
+            ),
+            (
+                ended(Outcome::NoControl, true),
+                EvictOutcome::NoControl,
+                "seat freed; the tunnel is still up: no [[reconcile]] entry controls this server",
+            ),
+            (
+                ended(Outcome::NoControl, false),
+                EvictOutcome::NoControl,
+                "not disconnected: no [[reconcile]] entry controls this server; it keeps its seat",
+            ),
+            (
+                ended(failed(), true),
+                EvictOutcome::Failed,
+                "seat freed, but the tunnel may still be up: openvpn /run/m.sock: timed out",
+            ),
+            (
+                ended(failed(), false),
+                EvictOutcome::Failed,
+                "not disconnected: openvpn /run/m.sock: timed out; it keeps its seat",
+            ),
+        ];
+        for (e, outcome, message) in cases {
+            let wire = e.wire();
+            assert_eq!((wire.outcome, wire.message.as_str()), (outcome, message));
+            assert_eq!((wire.key.as_str(), wire.freed), ("k", e.freed));
+        }
+    }
+
+    #[test]
+    fn only_the_disconnecting_policies_have_an_order() {
+        assert_eq!(order(OverCap::Drain), None);
+        assert_eq!(order(OverCap::DisconnectNewest), Some(Order::Newest));
+        assert_eq!(order(OverCap::DisconnectOldest), Some(Order::Oldest));
+    }
+}
