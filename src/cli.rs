@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 
 use crate::admission::client;
-use crate::admission::protocol::{EvictOutcome, Request, Response};
+use crate::admission::protocol::{Request, Response};
 use crate::config;
 use crate::hook;
 use crate::license::bundle::{self, Bundle, Signed};
@@ -500,27 +500,29 @@ fn evict(socket: &Path, key: Option<String>, user: Option<String>) -> Result<Exi
     };
     // The servers are asked in turn, each within its [[reconcile]] timeout.
     match client::call(socket, &request, EVICT_TIMEOUT)? {
-        Response::Evict(r) if r.sessions.is_empty() => {
-            bail!("{what}: nothing holds a seat (see `seatgate status`)")
-        }
-        Response::Evict(r) => {
-            for s in &r.sessions {
-                outln!(
-                    "{} ({}): {}",
-                    shown(&s.key),
-                    shown(&s.user),
-                    shown(&s.message)
-                );
+        Response::Release(r) => match r.sessions.as_ref().and_then(|s| s.as_array()) {
+            // An evict answer: what became of each session it matched.
+            Some(sessions) if !sessions.is_empty() => {
+                let text =
+                    |s: &serde_json::Value, k: &str| shown(s[k].as_str().unwrap_or_default());
+                for s in sessions {
+                    outln!(
+                        "{} ({}): {}",
+                        text(s, "key"),
+                        text(s, "user"),
+                        text(s, "message")
+                    );
+                }
+                outln!("{} seats in use", r.in_use);
+                if sessions.iter().any(|s| s["outcome"] == "failed") {
+                    return Ok(ExitCode::FAILURE);
+                }
             }
-            outln!("{} seats in use", r.in_use);
-            if r.sessions.iter().any(|s| s.outcome == EvictOutcome::Failed) {
-                return Ok(ExitCode::FAILURE);
+            _ if r.released && r.sessions.is_none() => {
+                outln!("released {what}; {} seats in use", r.in_use)
             }
-        }
-        Response::Release(r) if r.released => {
-            outln!("released {what}; {} seats in use", r.in_use)
-        }
-        Response::Release(_) => bail!("{what}: nothing holds a seat (see `seatgate status`)"),
+            _ => bail!("{what}: nothing holds a seat (see `seatgate status`)"),
+        },
         Response::Error(e) => bail!("{}: {}", socket.display(), e.error.message),
         other => bail!("{}: unexpected answer {other:?}", socket.display()),
     }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::table::Table;
+use super::table::{Session, Table};
 
 /// Which sessions go first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,16 +103,28 @@ pub fn plan(
     now: DateTime<Utc>,
 ) -> Option<Plan> {
     let over_by = table.in_use().checked_sub(cap).filter(|&n| n > 0)?;
-    let mut sessions: Vec<_> = table.sessions().collect();
-    sessions.sort_by(|a, b| (a.since, &a.key).cmp(&(b.since, &b.key)));
-    if order == Order::Newest {
-        sessions.reverse();
+    // The first `over_by` in the order, picked one at a time: no sort
+    // code in the binary for a rare event (k x n comparisons).
+    fn rank<'a>(s: &&'a Session) -> (DateTime<Utc>, &'a str) {
+        (s.since, s.key.as_str())
     }
-    let keys: Vec<String> = sessions
-        .iter()
-        .take(over_by as usize)
-        .map(|s| s.key.clone())
-        .collect();
+    let mut keys: Vec<String> = Vec::new();
+    let mut last: Option<(DateTime<Utc>, &str)> = None;
+    for _ in 0..over_by {
+        let after = |s: &&Session| match (order, last) {
+            (_, None) => true,
+            (Order::Oldest, Some(l)) => rank(s) > l,
+            (Order::Newest, Some(l)) => rank(s) < l,
+        };
+        let candidates = table.sessions().filter(after);
+        let next = match order {
+            Order::Oldest => candidates.min_by_key(rank),
+            Order::Newest => candidates.max_by_key(rank),
+        };
+        let Some(s) = next else { break };
+        last = Some(rank(&s));
+        keys.push(s.key.clone());
+    }
     let lost = over_by - u32::try_from(keys.len()).unwrap_or(u32::MAX).min(over_by);
     let left = grace.saturating_sub(over_for.unwrap_or_default());
     Some(Plan {
@@ -133,7 +145,7 @@ pub fn plan(
 mod tests {
     use super::*;
     use crate::admission::protocol::ServerKind;
-    use crate::admission::table::{ServerId, Session};
+    use crate::admission::table::ServerId;
 
     fn at(secs: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()

@@ -114,8 +114,6 @@ impl DenyReason {
 #[serde(untagged)]
 pub enum Response {
     Admit(AdmitResponse),
-    // Before `Release`: an eviction's answer has its fields and more.
-    Evict(EvictResponse),
     Release(ReleaseResponse),
     Status(Box<StatusResponse>),
     Usage(Box<UsageResponse>),
@@ -144,21 +142,16 @@ pub struct ReleaseResponse {
     /// False when the key held no seat.
     pub released: bool,
     pub in_use: u32,
+    /// `evict` only: the sessions it matched (`[Evicted]`, empty when none
+    /// did), each with what became of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<serde_json::Value>,
 }
 
-/// The answer to `evict`: a `ReleaseResponse` (what older clients read)
-/// and what became of each session.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EvictResponse {
-    pub ok: bool,
-    /// True when any seat was freed.
-    pub released: bool,
-    pub in_use: u32,
-    /// The sessions that matched, oldest first (none: nothing matched).
-    pub sessions: Vec<Evicted>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One session an `evict` matched, as its answer lists it (inside
+/// `ReleaseResponse::sessions`, which clients read as plain JSON: only the
+/// daemon writes it, so it costs no decoder).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Evicted {
     pub key: String,
     pub user: String,
@@ -170,7 +163,7 @@ pub struct Evicted {
 }
 
 /// What the VPN server did with an evicted session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EvictOutcome {
     /// The server confirmed it ended the session.
@@ -450,32 +443,37 @@ mod tests {
     }
 
     #[test]
-    fn an_evict_answer_is_one_older_clients_read_as_a_release() {
-        let answer = Response::Evict(EvictResponse {
+    fn an_evict_answer_is_a_release_answer_with_its_sessions() {
+        let evicted = vec![Evicted {
+            key: "k".into(),
+            user: "u".into(),
+            outcome: EvictOutcome::NoControl,
+            freed: true,
+            message: "m".into(),
+        }];
+        let answer = Response::Release(ReleaseResponse {
             ok: true,
             released: true,
             in_use: 2,
-            sessions: vec![Evicted {
-                key: "k".into(),
-                user: "u".into(),
-                outcome: EvictOutcome::NoControl,
-                freed: true,
-                message: "m".into(),
-            }],
+            sessions: Some(serde_json::to_value(&evicted).unwrap()),
         });
         let line = answer.encode();
+        let text = String::from_utf8(line.clone()).unwrap();
+        assert!(
+            text.contains(r#""sessions":[{"freed":true,"key":"k","message":"m","outcome":"no_control","user":"u"}]"#),
+            "{text}"
+        );
         let back: Response = serde_json::from_slice(&line).unwrap();
         assert_eq!(back, answer);
-        let old: ReleaseResponse = serde_json::from_slice(&line).unwrap();
-        assert_eq!((old.released, old.in_use), (true, 2));
-        // And a release answer stays a release answer.
+        // A release answer has no sessions field.
         let release = Response::Release(ReleaseResponse {
             ok: true,
             released: false,
             in_use: 1,
+            sessions: None,
         });
-        let back: Response = serde_json::from_slice(&release.encode()).unwrap();
-        assert_eq!(back, release);
+        let text = String::from_utf8(release.encode()).unwrap();
+        assert_eq!(text, "{\"ok\":true,\"released\":false,\"in_use\":1}\n");
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! evictions, over-cap enforcement (the `over_cap` loop here) and the seat
 //! policy all come through `disconnect`.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -91,7 +93,18 @@ impl Ended {
 /// entry's timeout), frees their seats as `why` allows, and logs each.
 /// Only the very admission instance given is freed: a session re-admitted
 /// under the same key meanwhile keeps its seat.
-pub async fn disconnect(shared: &Shared, sessions: Vec<Session>, why: Why) -> Vec<Ended> {
+///
+/// Boxed: one copy of the servers' conversations in the binary, however
+/// many callers await it.
+pub fn disconnect(
+    shared: &Shared,
+    sessions: Vec<Session>,
+    why: Why,
+) -> Pin<Box<dyn Future<Output = Vec<Ended>> + Send + '_>> {
+    Box::pin(disconnect_now(shared, sessions, why))
+}
+
+async fn disconnect_now(shared: &Shared, sessions: Vec<Session>, why: Why) -> Vec<Ended> {
     if sessions.is_empty() {
         return Vec::new();
     }
@@ -193,7 +206,9 @@ pub async fn over_cap(shared: Arc<Shared>, cancel: CancellationToken) {
             let quiet = {
                 let state = shared.peek();
                 let over = state.seats.in_use() > state.cap(now, mono);
-                !over && state.countdown.since.is_none() && state.enforcing == enforcing
+                // Draining over the cap needs no look either.
+                let act = over && enforcing.is_some();
+                !act && state.countdown.since.is_none() && state.enforcing == enforcing
             };
             if quiet {
                 continue;

@@ -15,8 +15,8 @@ use super::state::Shared;
 use super::status_cache::Lookup;
 use crate::admission::access::{Peer, Rights};
 use crate::admission::protocol::{
-    self, AdmitRequest, AdmitResponse, DenyReason, ErrorCode, EvictResponse, PongResponse,
-    ReleaseResponse, Request, Response, ServerKind, UsageResponse,
+    self, AdmitRequest, AdmitResponse, DenyReason, ErrorCode, PongResponse, ReleaseResponse,
+    Request, Response, ServerKind, UsageResponse,
 };
 use crate::admission::seats::{Admission, Asker, Release};
 use crate::admission::server::{Bytes, Reply, Service, Undo};
@@ -140,7 +140,7 @@ impl Shared {
     fn evict(self: Arc<Self>, peer: &Peer, key: Option<String>, user: Option<String>) -> Reply {
         // Who ended a session by hand is the operator's audit trail.
         let (uid, pid) = (peer.uid, peer.pid);
-        let (mut sessions, in_use) = {
+        let (sessions, in_use) = {
             let state = self.peek();
             let table = state.seats.table();
             let sessions: Vec<Session> = match (&key, &user) {
@@ -159,24 +159,22 @@ impl Shared {
                 tracing::warn!(user = %shown(u.as_deref().unwrap_or_default()), sessions = n, operator_uid = uid, operator_pid = pid, "evict asked by an operator")
             }
         }
-        if sessions.is_empty() {
-            return answer(Response::Evict(EvictResponse {
+        let reply = |ended: &[Ended], in_use| {
+            let wire: Vec<_> = ended.iter().map(Ended::wire).collect();
+            Response::Release(ReleaseResponse {
                 ok: true,
-                released: false,
+                released: ended.iter().any(|e| e.freed),
                 in_use,
-                sessions: Vec::new(),
-            }));
+                sessions: Some(serde_json::to_value(wire).expect("evictions serialise")),
+            })
+        };
+        if sessions.is_empty() {
+            return answer(reply(&[], in_use));
         }
-        sessions.sort_by(|a, b| (a.since, &a.key).cmp(&(b.since, &b.key)));
         let (done, pending) = tokio::sync::watch::channel(None);
         tokio::spawn(async move {
             let ended = evict::disconnect(&self, sessions, Why::Operator { uid, pid }).await;
-            let response = Response::Evict(EvictResponse {
-                ok: true,
-                released: ended.iter().any(|e| e.freed),
-                in_use: self.peek().seats.in_use(),
-                sessions: ended.iter().map(Ended::wire).collect(),
-            });
+            let response = reply(&ended, self.peek().seats.in_use());
             let _ = done.send(Some(Arc::new(response.encode())));
         });
         Reply {
@@ -207,6 +205,7 @@ impl Shared {
             ok: true,
             released: was > 0,
             in_use,
+            sessions: None,
         }))
     }
 
@@ -314,6 +313,7 @@ impl Shared {
             ok: true,
             released,
             in_use,
+            sessions: None,
         }))
     }
 

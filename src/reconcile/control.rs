@@ -8,9 +8,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufRead, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
-
 use super::fetch::{self, FetchError};
 use super::{ocserv, openvpn};
 use crate::admission::protocol::ServerKind;
@@ -105,82 +102,65 @@ pub async fn disconnect(entries: &[Reconcile], sessions: &[Session]) -> Vec<Outc
 /// Ok(true) ended, Ok(false) not listed, Err(why) refused.
 type Found = Vec<Option<Result<bool, String>>>;
 
+/// What to do about each asked session, given the server's pid and list.
+fn targets(sessions: &[&Session], pid: u32, clients: &[openvpn::Client]) -> Vec<Target> {
+    sessions
+        .iter()
+        .map(|s| {
+            if s.server.own_pid() != pid {
+                return Target::NotMine;
+            }
+            let listed = openvpn::KeyParts::parse(&s.key)
+                .and_then(|k| clients.iter().find(|c| k.matches(c)));
+            match listed.map(|c| c.client_id) {
+                None => Target::NotListed,
+                Some(None) => Target::NoClientId,
+                Some(Some(cid)) => Target::Kill(cid),
+            }
+        })
+        .collect()
+}
+
+enum Target {
+    NotMine,
+    NotListed,
+    NoClientId,
+    Kill(u64),
+}
+
 async fn openvpn(
     management: &Path,
     timeout: Duration,
     sessions: &[&Session],
 ) -> Result<Found, FetchError> {
-    let what = format!("OpenVPN management socket {}", management.display());
-    match tokio::time::timeout(timeout, openvpn_unbounded(management, &what, sessions)).await {
-        Ok(found) => found,
-        Err(_) => Err(FetchError::Timeout {
-            what,
-            ms: timeout.as_millis(),
-        }),
-    }
-}
-
-async fn openvpn_unbounded(
-    management: &Path,
-    what: &str,
-    sessions: &[&Session],
-) -> Result<Found, FetchError> {
-    let stream = UnixStream::connect(management)
-        .await
-        .map_err(|source| FetchError::Connect {
-            path: management.to_path_buf(),
-            source,
-        })?;
-    let (rd, mut wr) = stream.into_split();
-    let mut rd = BufReader::new(rd.take(1 << 20));
-    let io = |source| FetchError::Io {
-        what: what.to_string(),
-        source,
+    let pick = |pid: u32, clients: &[openvpn::Client]| -> Vec<u64> {
+        let all = targets(sessions, pid, clients);
+        all.into_iter()
+            .filter_map(|t| match t {
+                Target::Kill(cid) => Some(cid),
+                _ => None,
+            })
+            .collect()
     };
-    wr.write_all(b"pid\n").await.map_err(io)?;
-    let pid = openvpn::parse_pid(&answer(&mut rd, what).await?)?;
-    let mine: Vec<bool> = sessions.iter().map(|s| s.server.own_pid() == pid).collect();
-    let mut found: Found = vec![None; sessions.len()];
-    if mine.contains(&true) {
-        wr.write_all(b"status 3\n").await.map_err(io)?;
-        let mut text = String::new();
-        loop {
-            let line = fetch::read_line(&mut rd, what).await?;
-            text.push_str(&line);
-            let bare = line.trim_end();
-            if bare == "END" || bare.starts_with("ERROR:") {
-                break;
-            }
-        }
-        let clients = openvpn::parse_status3(&text)?;
-        for (i, s) in sessions.iter().enumerate().filter(|(i, _)| mine[*i]) {
-            let listed = openvpn::KeyParts::parse(&s.key)
-                .and_then(|k| clients.iter().find(|c| k.matches(c)));
-            found[i] = Some(match listed.map(|c| c.client_id) {
-                None => Ok(false),
-                Some(None) => Err("the server lists no Client ID (OpenVPN older than 2.3?)".into()),
-                Some(Some(cid)) => {
-                    wr.write_all(openvpn::kill_command(cid).as_bytes())
-                        .await
-                        .map_err(io)?;
-                    openvpn::parse_kill(&answer(&mut rd, what).await?).map(|()| true)
-                }
-            });
-        }
-    }
-    let _ = wr.write_all(b"quit\n").await;
+    let (answer, kills) = fetch::openvpn_kill(management, timeout, &pick).await?;
+    let mut kills = kills.into_iter();
+    let found = targets(sessions, answer.pid, &answer.clients)
+        .into_iter()
+        .map(|t| match t {
+            Target::NotMine => None,
+            Target::NotListed => Some(Ok(false)),
+            Target::NoClientId => Some(Err(
+                "the server lists no Client ID (OpenVPN older than 2.3?)".into(),
+            )),
+            Target::Kill(_) => Some(
+                kills
+                    .next()
+                    .unwrap_or(Err("no answer".into()))
+                    .map(|()| true),
+            ),
+        })
+        .collect();
     Ok(found)
-}
-
-/// The next `SUCCESS:` or `ERROR:` line, past the banner and any
-/// real-time notifications (`>...`).
-async fn answer<R: AsyncBufRead + Unpin>(rd: &mut R, what: &str) -> Result<String, FetchError> {
-    loop {
-        let line = fetch::read_line(rd, what).await?;
-        if line.starts_with("SUCCESS:") || line.starts_with("ERROR:") {
-            return Ok(line);
-        }
-    }
 }
 
 async fn ocserv(

@@ -577,7 +577,10 @@ fn only_the_server_that_holds_a_session_may_release_or_readmit_it() {
         user: None,
     };
     match call(&d.socket, &evict).unwrap() {
-        Response::Evict(r) => assert!(r.released && r.sessions[0].freed, "{r:?}"),
+        Response::Release(r) => {
+            assert!(r.released, "{r:?}");
+            assert_eq!(r.sessions.unwrap()[0]["freed"], true);
+        }
         other => panic!("{other:?}"),
     }
 }
