@@ -7,10 +7,9 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chrono::Utc;
-use tokio_util::sync::CancellationToken;
 
 use super::alerting;
 use super::gateway::log_release_fault;
@@ -135,20 +134,16 @@ async fn disconnect_now(shared: &Shared, sessions: Vec<Session>, why: Why) -> Ve
     let in_use = state.seats.in_use();
     drop(state);
     log_release_fault(fault);
+    // One log line per session (one call site: each costs flash).
+    let (asker, uid, pid) = match why {
+        Why::Operator { uid, pid } => ("evicted by an operator", Some(uid), Some(pid)),
+        Why::OverCap => ("over the cap", None, None),
+        Why::Policy(rule) => (rule, None, None),
+    };
     for e in &ended {
         let (key, user, message) = (shown(&e.session.key), shown(&e.session.user), e.message());
         let freed = e.freed;
-        match why {
-            Why::Operator { uid, pid } => {
-                tracing::warn!(%key, %user, freed, in_use, operator_uid = uid, operator_pid = pid, "evicted by an operator: {message}")
-            }
-            Why::OverCap => {
-                tracing::warn!(%key, %user, freed, in_use, "over the cap: {message}")
-            }
-            Why::Policy(rule) => {
-                tracing::info!(%key, %user, freed, in_use, rule, "seat policy: {message}")
-            }
-        }
+        tracing::warn!(%key, %user, freed, in_use, operator_uid = uid, operator_pid = pid, "{asker}: {message}");
     }
     if ended.iter().any(|e| e.freed) {
         alerting::usage(shared);
@@ -160,9 +155,15 @@ async fn disconnect_now(shared: &Shared, sessions: Vec<Session>, why: Why) -> Ve
 /// admission): the outcome is in the log.
 #[allow(dead_code)] // the seat policy's replace_oldest calls it (issue 14, merged apart)
 pub fn spawn_disconnect(shared: Arc<Shared>, sessions: Vec<Session>, why: Why) {
-    tokio::spawn(async move {
+    spawn(Box::pin(async move {
         disconnect(&shared, sessions, why).await;
-    });
+    }));
+}
+
+/// Runs `job` on its own task. Boxed: every such task shares one task
+/// type (one copy of tokio's task code in the binary).
+pub fn spawn(job: Pin<Box<dyn Future<Output = ()> + Send>>) {
+    tokio::spawn(job);
 }
 
 /// Which sessions `policy` disconnects first (None: it drains).
@@ -174,108 +175,84 @@ pub fn order(policy: OverCap) -> Option<Order> {
     }
 }
 
-/// How often the over-cap state is looked at: the cap can drop by a
-/// reload, a bundle from the cloud, a pool lease or the clock.
-const LOOK_EVERY: Duration = Duration::from_secs(1);
-
-/// Over-cap enforcement: starts the countdown when the seats in use exceed
-/// the cap under a disconnecting `over_cap`, cancels it when the cap
-/// recovers or sessions end, and when it runs out disconnects the plan's
-/// sessions (`admission::over_cap`). A disconnect the server did not
-/// confirm keeps its seat and is tried again after another grace period.
-pub async fn over_cap(shared: Arc<Shared>, cancel: CancellationToken) {
-    let mut wait = Duration::ZERO;
-    loop {
-        let look = async {
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = shared.over_cap_look.notified() => {}
-            }
-        };
-        if cancel.run_until_cancelled(look).await.is_none() {
-            return;
-        }
-        wait = LOOK_EVERY;
-        let enforcing = {
-            let config = shared.config();
-            let a = &config.admission;
-            order(a.over_cap).map(|o| (o, a.over_cap_grace))
-        };
-        let (now, mono) = (Utc::now(), Instant::now());
-        let victims = {
-            let quiet = {
-                let state = shared.peek();
-                let over = state.seats.in_use() > state.cap(now, mono);
-                // Draining over the cap needs no look either.
-                let act = over && enforcing.is_some();
-                !act && state.countdown.since.is_none() && state.enforcing == enforcing
-            };
-            if quiet {
-                continue;
-            }
-            let mut state = shared.lock();
-            state.enforcing = enforcing;
-            let cap = state.cap(now, mono);
-            let over_by = state.seats.in_use().saturating_sub(cap);
-            let step = state.countdown.step(over_by > 0, enforcing.is_some(), mono);
-            let Some((order, grace)) = enforcing else {
-                if step == Step::Cancelled {
-                    tracing::info!(
-                        "over_cap is \"drain\" now: the over-cap countdown is cancelled"
-                    );
-                }
-                continue;
-            };
-            let over_for = state.countdown.over_for(mono);
-            let plan = over_cap::plan(state.seats.table(), cap, order, grace, over_for, now);
-            let which = format!("{order:?}").to_lowercase();
-            match (step, &plan) {
-                (Step::Cancelled, _) => {
-                    tracing::info!(cap, "back within the cap: the over-cap countdown ends");
-                    continue;
-                }
-                (Step::Started, Some(p)) => {
-                    tracing::warn!(cap, over_by, grace_ms = grace.as_millis() as u64, "over the cap by {over_by}: disconnecting the {} {which} sessions at {} unless the cap recovers or sessions end first", p.keys.len(), p.at.format("%H:%M:%S"));
-                }
-                _ => {}
-            }
-            let Some(plan) = plan.filter(|p| p.due()) else {
-                let left = grace.saturating_sub(over_for.unwrap_or_default());
-                wait = wait.min(left + Duration::from_millis(5));
-                continue;
-            };
-            // Another grace before trying again what the servers refuse.
-            state.countdown.since = Some(mono);
-            if plan.lost > 0 {
-                tracing::error!(lost = plan.lost, "over the cap by {}: {} of those seats are held by sessions lost with a damaged snapshot and cannot be disconnected (check the VPN servers, then `seatgate evict --lost`)", plan.over_by, plan.lost);
-            }
-            let table = state.seats.table();
-            plan.keys
-                .iter()
-                .filter_map(|k| table.get(k).cloned())
-                .collect::<Vec<Session>>()
-        };
-        let n = victims.len();
-        if n > 0 {
-            tracing::warn!("over the cap: the grace period is over; disconnecting {n} sessions");
-            let ended = disconnect(&shared, victims, Why::OverCap).await;
-            // Look again at once: back within the cap ends the countdown.
-            wait = Duration::ZERO;
-            let freed = ended
-                .iter()
-                .filter(|e| {
-                    e.freed
-                        || matches!(
-                            e.outcome,
-                            Outcome::Disconnected { .. } | Outcome::Gone { .. }
-                        )
-                })
-                .count();
-            if freed < n {
-                tracing::warn!(freed, asked = n, "over the cap: not every session could be disconnected; trying again after another grace period");
-            }
-        }
+/// Over-cap enforcement, looked at by the reaper (every
+/// `server_check_ms`): starts the countdown when the seats in use exceed
+/// the cap under a disconnecting `over_cap`, ends it when the cap recovers
+/// or sessions end, and when it runs out disconnects the plan's sessions
+/// (`admission::over_cap`) on their own task. A disconnect the server did
+/// not confirm keeps its seat and is tried again after another grace.
+pub fn look(shared: &Arc<Shared>) {
+    let enforcing = {
+        let config = shared.config();
+        let a = &config.admission;
+        order(a.over_cap).map(|o| (o, a.over_cap_grace))
+    };
+    let (now, mono) = (Utc::now(), Instant::now());
+    let quiet = {
+        let state = shared.peek();
+        // Draining over the cap needs nothing either.
+        let act = enforcing.is_some() && state.seats.in_use() > state.cap(now, mono);
+        !act && state.countdown.since.is_none() && state.enforcing == enforcing
+    };
+    if quiet {
+        return;
     }
+    let mut state = shared.lock();
+    state.enforcing = enforcing;
+    let cap = state.cap(now, mono);
+    let over_by = state.seats.in_use().saturating_sub(cap);
+    let step = state.countdown.step(over_by > 0, enforcing.is_some(), mono);
+    if step == Step::Cancelled {
+        tracing::info!(
+            cap,
+            "the over-cap countdown ends: back within the cap, or over_cap is \"drain\" now"
+        );
+    }
+    let Some((order, grace)) = enforcing.filter(|_| step != Step::Cancelled) else {
+        return;
+    };
+    let over_for = state.countdown.over_for(mono);
+    let Some(plan) = over_cap::plan(state.seats.table(), cap, order, grace, over_for, now) else {
+        return;
+    };
+    if step == Step::Started {
+        let which = format!("{order:?}").to_lowercase();
+        tracing::warn!(cap, over_by, grace_ms = grace.as_millis() as u64, "over the cap by {over_by}: disconnecting the {} {which} sessions at {} unless the cap recovers or sessions end first", plan.keys.len(), plan.at.format("%H:%M:%S"));
+    }
+    if !plan.due() {
+        return;
+    }
+    // Another grace before trying again what the servers refuse.
+    state.countdown.since = Some(mono);
+    if plan.lost > 0 {
+        tracing::error!(lost = plan.lost, "over the cap by {}: {} of those seats are held by sessions lost with a damaged snapshot and cannot be disconnected (check the VPN servers, then `seatgate evict --lost`)", plan.over_by, plan.lost);
+    }
+    let table = state.seats.table();
+    let victims: Vec<Session> = plan
+        .keys
+        .iter()
+        .filter_map(|k| table.get(k).cloned())
+        .collect();
+    drop(state);
+    if victims.is_empty() {
+        return;
+    }
+    let shared = shared.clone();
+    spawn(Box::pin(async move {
+        let n = victims.len();
+        let ended = disconnect(&shared, victims, Why::OverCap).await;
+        let done = |e: &&Ended| {
+            e.freed
+                || matches!(
+                    e.outcome,
+                    Outcome::Disconnected { .. } | Outcome::Gone { .. }
+                )
+        };
+        let freed = ended.iter().filter(done).count();
+        if freed < n {
+            tracing::warn!(freed, asked = n, "over the cap: not every session could be disconnected; trying again after another grace period");
+        }
+    }));
 }
 
 #[cfg(test)]

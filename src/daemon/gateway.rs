@@ -72,7 +72,6 @@ impl Gateway for Shared {
         if changed {
             super::alerting::usage(self);
             super::alerting::licenses(self);
-            self.over_cap_look.notify_one();
         }
         Ok(offered)
     }

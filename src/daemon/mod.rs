@@ -165,7 +165,6 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
         tracker.spawn(task);
     }
     tracker.spawn(tasks::ticker(shared.clone(), cancel.clone()));
-    tracker.spawn(evict::over_cap(shared.clone(), cancel.clone()));
     let configs = shared.config.clone();
     tracker.spawn(cloud::sync::run(
         shared.clone(),

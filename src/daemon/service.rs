@@ -150,15 +150,9 @@ impl Shared {
             };
             (sessions, state.seats.in_use())
         };
-        let n = sessions.len();
-        match (&key, &user) {
-            (Some(k), _) => {
-                tracing::warn!(key = %shown(k), sessions = n, operator_uid = uid, operator_pid = pid, "evict asked by an operator")
-            }
-            (_, u) => {
-                tracing::warn!(user = %shown(u.as_deref().unwrap_or_default()), sessions = n, operator_uid = uid, operator_pid = pid, "evict asked by an operator")
-            }
-        }
+        let (k, u) = (key.as_deref().map(shown), user.as_deref().map(shown));
+        let (k, u) = (k.unwrap_or_default(), u.unwrap_or_default());
+        tracing::warn!(key = %k, user = %u, sessions = sessions.len(), operator_uid = uid, operator_pid = pid, "evict asked by an operator");
         let reply = |ended: &[Ended], in_use| {
             let wire: Vec<_> = ended.iter().map(Ended::wire).collect();
             Response::Release(ReleaseResponse {
@@ -172,11 +166,11 @@ impl Shared {
             return answer(reply(&[], in_use));
         }
         let (done, pending) = tokio::sync::watch::channel(None);
-        tokio::spawn(async move {
+        evict::spawn(Box::pin(async move {
             let ended = evict::disconnect(&self, sessions, Why::Operator { uid, pid }).await;
             let response = reply(&ended, self.peek().seats.in_use());
             let _ = done.send(Some(Arc::new(response.encode())));
-        });
+        }));
         Reply {
             bytes: Bytes::Pending(pending),
             undo: None,

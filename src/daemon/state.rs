@@ -59,7 +59,7 @@ pub struct State {
     pub usage: History,
     /// When the writer last wrote `usage.json` in this run (None: not yet).
     pub usage_saved: Option<Instant>,
-    /// The over-cap countdown (`evict::over_cap`), and the disconnecting
+    /// The over-cap countdown (`evict::look`), and the disconnecting
     /// policy it runs under (None: drain).
     pub countdown: Countdown,
     pub enforcing: Option<(Order, std::time::Duration)>,
@@ -266,9 +266,6 @@ pub struct Shared {
     pub policy: watch::Receiver<Arc<Policy>>,
     pub persist: super::persist::Doorbell,
     pub status_cache: super::status_cache::StatusCache,
-    /// Rung when the cap may have dropped (a reload, a new bundle): the
-    /// over-cap loop looks at once instead of at its next tick.
-    pub over_cap_look: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -286,7 +283,6 @@ impl Shared {
             policy,
             persist,
             status_cache: Default::default(),
-            over_cap_look: Default::default(),
         }
     }
 

@@ -391,9 +391,8 @@ fn over_cap_keeps_seats_it_cannot_disconnect_and_the_cap_coming_back_ends_the_co
         d.status().over_cap.is_none().then_some(())
     });
     assert_eq!(d.status().in_use, 3);
-    // Status is within the cap as soon as the reload is in; the loop,
-    // woken by the reload, has looked by the time the reaper has ticked
-    // twice more (100 ms each).
+    // Status is within the cap as soon as the reload is in; the countdown
+    // ends at the reaper's next round (it looks after every round).
     d.after_reaps(2);
     d.signal(Signal::SIGTERM);
     let (_, log) = d.wait_exit(Duration::from_secs(10));
