@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use seatgate::admission::protocol::{AdmitRequest, Request, ServerKind, ServerRef};
 
-use pools::{fresh_pool_cloud, pool_gateway, status, BUILTIN, POOL, SERIALS};
+use pools::{pool_cloud_leasing, pool_gateway, status, BUILTIN, POOL, SERIALS};
 use util::{admitted, call, wait_for, Daemon, Gateway};
 
 const USERS: usize = 100;
@@ -189,7 +189,7 @@ struct Rig {
 }
 
 fn rig(lease_ms: u64) -> Rig {
-    let cloud = fresh_pool_cloud(&SERIALS, lease_ms);
+    let cloud = pool_cloud_leasing(&SERIALS, lease_ms);
     let gws: Vec<Gateway> = SERIALS.iter().map(|s| pool_gateway(&cloud, s)).collect();
     let daemons: Vec<Daemon> = gws.iter().map(|g| g.start()).collect();
     let sockets: Vec<PathBuf> = gws.iter().map(|g| g.socket()).collect();

@@ -100,7 +100,15 @@ pub fn judge(s: &Status, limits: Limits) -> Verdict {
     if s.over_cap_by > 0 {
         found.push((
             State::Critical,
-            format!("over the cap by {}", s.over_cap_by),
+            match &s.over_cap {
+                Some(p) if !p.keys.is_empty() => format!(
+                    "over the cap by {}, disconnecting {} sessions in {} s",
+                    s.over_cap_by,
+                    p.keys.len(),
+                    p.in_ms.div_ceil(1000)
+                ),
+                _ => format!("over the cap by {}", s.over_cap_by),
+            },
         ));
     }
     let seat_state = if s.in_use >= crit {
@@ -305,6 +313,24 @@ mod tests {
         let v = judge(&s, Limits::default());
         assert_eq!(v.state, State::Critical);
         assert!(v.line.contains("; over the cap by 2"), "{}", v.line);
+        s.over_cap = Some(crate::admission::over_cap::Plan {
+            order: crate::admission::over_cap::Order::Newest,
+            over_by: 2,
+            at: s.now,
+            in_ms: 24_500,
+            keys: vec!["a".into(), "b".into()],
+            lost: 0,
+            counting: true,
+        });
+        let v = judge(&s, Limits::default());
+        assert_eq!(v.state, State::Critical);
+        assert!(
+            v.line
+                .contains("; over the cap by 2, disconnecting 2 sessions in 25 s"),
+            "{}",
+            v.line
+        );
+        s.over_cap = None;
         s.over_cap_by = 0;
         s.in_use = 0;
         s.cloud = Some(crate::cloud::policy::CloudStatus {

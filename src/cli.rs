@@ -16,6 +16,7 @@ use crate::license::bundle::{self, Bundle, Signed};
 use crate::license::disk;
 use crate::license::report::LicenseReport;
 use crate::store;
+use crate::text::shown;
 
 #[derive(Parser)]
 #[command(
@@ -70,18 +71,23 @@ enum Command {
         #[arg(long, short = 'o', value_name = "FILE")]
         output: Option<PathBuf>,
     },
-    /// Operator: free a session's seat by hand (the key as `status` shows
-    /// it), or with --lost the seats of sessions lost with a damaged snapshot.
+    /// Operator: end a session (the key as `status` shows it) or every
+    /// session of a user through the VPN server that holds it, and free
+    /// its seat; or with --lost free the seats of sessions lost with a
+    /// damaged snapshot.
     Evict {
         #[command(flatten)]
         target: SocketArg,
         /// The session key, as `seatgate status` lists it.
         #[arg(
             value_name = "KEY",
-            required_unless_present = "lost",
-            conflicts_with = "lost"
+            required_unless_present_any = ["lost", "user"],
+            conflicts_with_all = ["lost", "user"]
         )]
         key: Option<String>,
+        /// Every session of this user (the USER column of `seatgate status`).
+        #[arg(long, value_name = "NAME", conflicts_with = "lost")]
+        user: Option<String>,
         /// Free the seats status shows as lost (check first that the VPN
         /// servers hold no more sessions than status lists).
         #[arg(long)]
@@ -280,7 +286,9 @@ fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
         Command::Run(c) => run(c.config.as_deref()),
         Command::Status { target, json } => status(&target.path(), json),
-        Command::Evict { target, key, .. } => evict(&target.path(), key),
+        Command::Evict {
+            target, key, user, ..
+        } => evict(&target.path(), key, user),
         Command::Usage {
             target,
             days,
@@ -349,6 +357,8 @@ async fn shutdown_signal() {
 }
 
 const OPERATOR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// An eviction waits for the VPN servers (each within its entry's timeout).
+const EVICT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The daemon's status, decoded.
 fn fetch_status(socket: &Path) -> Result<crate::status::Status> {
@@ -475,17 +485,44 @@ fn check(socket: &Path, limits: crate::check::Limits) -> Result<ExitCode> {
     Ok(ExitCode::from(verdict.state as u8))
 }
 
-fn evict(socket: &Path, key: Option<String>) -> Result<ExitCode> {
-    let request = match &key {
-        Some(key) => Request::Evict { key: key.clone() },
-        None => Request::ForgetLost,
+fn evict(socket: &Path, key: Option<String>, user: Option<String>) -> Result<ExitCode> {
+    let request = match (&key, &user) {
+        (None, None) => Request::ForgetLost,
+        _ => Request::Evict {
+            key: key.clone(),
+            user: user.clone(),
+        },
     };
-    let what = key.map_or("the lost sessions' seats".to_string(), |k| format!("{k:?}"));
-    match client::call(socket, &request, OPERATOR_TIMEOUT)? {
-        Response::Release(r) if r.released => {
-            outln!("released {what}; {} seats in use", r.in_use)
-        }
-        Response::Release(_) => bail!("{what}: nothing holds a seat (see `seatgate status`)"),
+    let what = match (key, user) {
+        (Some(k), _) => format!("session {k:?}"),
+        (None, Some(u)) => format!("user {u:?}"),
+        (None, None) => "the lost sessions' seats".to_string(),
+    };
+    // The servers are asked in turn, each within its [[reconcile]] timeout.
+    match client::call(socket, &request, EVICT_TIMEOUT)? {
+        Response::Release(r) => match r.sessions.as_ref().and_then(|s| s.as_array()) {
+            // An evict answer: what became of each session it matched.
+            Some(sessions) if !sessions.is_empty() => {
+                let text =
+                    |s: &serde_json::Value, k: &str| shown(s[k].as_str().unwrap_or_default());
+                for s in sessions {
+                    outln!(
+                        "{} ({}): {}",
+                        text(s, "key"),
+                        text(s, "user"),
+                        text(s, "message")
+                    );
+                }
+                outln!("{} seats in use", r.in_use);
+                if sessions.iter().any(|s| s["outcome"] == "failed") {
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+            _ if r.released && r.sessions.is_none() => {
+                outln!("released {what}; {} seats in use", r.in_use)
+            }
+            _ => bail!("{what}: nothing holds a seat (see `seatgate status`)"),
+        },
         Response::Error(e) => bail!("{}: {}", socket.display(), e.error.message),
         other => bail!("{}: unexpected answer {other:?}", socket.display()),
     }

@@ -89,6 +89,7 @@ struct RawPaths {
 #[serde(deny_unknown_fields)]
 struct RawAdmission {
     over_cap: Option<OverCap>,
+    over_cap_grace_ms: Option<u64>,
     max_connections: Option<usize>,
     idle_timeout_ms: Option<u64>,
     socket_mode: Option<String>,
@@ -103,11 +104,21 @@ struct RawAdmission {
 
 /// What to do with sessions already admitted when the cap drops below them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum OverCap {
     /// Keep them; deny new sessions until usage is back under the cap.
     Drain,
+    /// After `over_cap_grace_ms`, disconnect the newest sessions down to
+    /// the cap (through the `[[reconcile]]` entries).
+    DisconnectNewest,
+    /// The same, oldest sessions first.
+    DisconnectOldest,
 }
+
+/// The default `over_cap_grace_ms`: a license moved back, a bundle fixed
+/// or a share redone within a minute disconnects nobody, and users who
+/// were about to leave anyway get to.
+pub const DEFAULT_OVER_CAP_GRACE_MS: u64 = 60_000;
 
 /// The validated config.
 #[derive(Debug, Clone)]
@@ -192,6 +203,9 @@ pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 20 * 1000;
 #[derive(Debug, Clone)]
 pub struct Admission {
     pub over_cap: OverCap,
+    /// How long the seats in use may exceed the cap before a
+    /// disconnecting `over_cap` acts.
+    pub over_cap_grace: Duration,
     pub max_connections: usize,
     pub idle_timeout: Duration,
     pub socket_mode: u32,
@@ -328,6 +342,13 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<Problem>> {
         .lock_wait_ms
         .map_or(Duration::from_secs(10), Duration::from_millis);
     let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+    let over_cap = a.over_cap.unwrap_or(OverCap::Drain);
+    if over_cap != OverCap::Drain && raw.reconcile.is_empty() {
+        problems.push(problem(
+            "admission.over_cap",
+            "disconnecting over the cap needs a [[reconcile]] entry for each VPN server to disconnect through; add them or use \"drain\"",
+        ));
+    }
     let reconcile = raw
         .reconcile
         .into_iter()
@@ -369,7 +390,10 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<Problem>> {
                 .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
         ),
         admission: Admission {
-            over_cap: a.over_cap.unwrap_or(OverCap::Drain),
+            over_cap,
+            over_cap_grace: Duration::from_millis(
+                a.over_cap_grace_ms.unwrap_or(DEFAULT_OVER_CAP_GRACE_MS),
+            ),
             max_connections,
             idle_timeout,
             socket_mode,
@@ -907,7 +931,33 @@ mod tests {
         assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
         assert_eq!(c.admission.socket_mode, 0o660);
         assert_eq!(c.admission.over_cap, OverCap::Drain);
+        assert_eq!(c.admission.over_cap_grace, Duration::from_secs(60));
         assert_eq!(c.admission.idle_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn over_cap_policies() {
+        let entry = "[[reconcile]]\nkind = \"ocserv\"\n";
+        for (policy, want) in [
+            ("drain", OverCap::Drain),
+            ("disconnect_newest", OverCap::DisconnectNewest),
+            ("disconnect_oldest", OverCap::DisconnectOldest),
+        ] {
+            let text = format!("device = \"D\"\n[admission]\nover_cap = \"{policy}\"\nover_cap_grace_ms = 1500\n{entry}");
+            let c = parse(&text, Path::new("/")).unwrap();
+            assert_eq!(c.admission.over_cap, want);
+            assert_eq!(c.admission.over_cap_grace, Duration::from_millis(1500));
+        }
+        // Nothing to disconnect through.
+        let text = "device = \"D\"\n[admission]\nover_cap = \"disconnect_newest\"\n";
+        let e = parse(text, Path::new("/")).unwrap_err();
+        assert!(
+            e.iter()
+                .any(|p| p.key == "admission.over_cap" && p.message.contains("[[reconcile]]")),
+            "{e:?}"
+        );
+        let text = "device = \"D\"\n[admission]\nover_cap = \"kill_all\"\n";
+        assert!(parse(text, Path::new("/")).is_err());
     }
 
     #[test]
@@ -977,7 +1027,7 @@ mod tests {
         assert_eq!(problems[0].key, "admission.max_conections (line 4)");
         assert!(
             problems[0].message.contains(
-                "unknown key \"max_conections\"; the keys here are over_cap, max_connections"
+                "unknown key \"max_conections\"; the keys here are over_cap, over_cap_grace_ms, max_connections"
             ),
             "{:?}",
             problems[0]

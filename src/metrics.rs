@@ -274,6 +274,7 @@ mod tests {
             in_use: 5,
             free: 7,
             over_cap_by: 0,
+            over_cap: None,
             peak: 6,
             peak_at: None,
             daily_peaks: vec![],

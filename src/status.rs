@@ -6,12 +6,14 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::admission::over_cap::Plan;
 use crate::admission::protocol::ServerKind;
 use crate::admission::table::Table;
 use crate::alerts::Thresholds;
 use crate::cloud::policy::{human, CloudStatus, Severity, StampSeen, SyncRecord};
 use crate::license::cap::describe_timeline;
 use crate::license::in_force::{Dropped, Licenses};
+use crate::license::lease::Limit;
 use crate::license::notices::{notices, Notice};
 use crate::license::report::BundleInfo;
 use crate::license::{Cap, Rejected, Step};
@@ -29,6 +31,10 @@ pub struct Status {
     /// Sessions above the cap (after a license expired or moved away);
     /// they drain, no new session gets in until this is 0.
     pub over_cap_by: u32,
+    /// What `over_cap` will do about it: which sessions go and when (None:
+    /// within the cap, or the policy drains).
+    #[serde(default)]
+    pub over_cap: Option<Plan>,
     pub peak: u32,
     pub peak_at: Option<DateTime<Utc>>,
     /// Peak usage per UTC day, oldest first (up to 31 days).
@@ -238,6 +244,9 @@ pub struct PoolStatus {
     pub changed_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub change: Option<String>,
+    /// Why the cloud granted less than this gateway wanted (its lease says).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limited: Option<Limit>,
 }
 
 fn render_pool(p: &PoolStatus, now: DateTime<Utc>) -> String {
@@ -249,6 +258,11 @@ fn render_pool(p: &PoolStatus, now: DateTime<Utc>) -> String {
             (Some(t), false) => format!("LEASE EXPIRED at {}: no new pool sessions", when(t, now)),
             (None, _) => "no lease yet: no pool sessions".to_string(),
         }
+    };
+    let lease = match p.limited.filter(|_| p.lease_valid) {
+        Some(Limit::Quiet { until }) if until <= now => lease,
+        Some(why) => format!("{lease}; {why}"),
+        None => lease,
     };
     let others = if p.others.is_empty() {
         "-".to_string()
@@ -342,6 +356,35 @@ fn render_cloud(c: &CloudStatus, now: DateTime<Utc>) -> String {
     out
 }
 
+/// "OVER CAP BY 2: disconnecting the 2 newest sessions at 12:01:30 (in
+/// 25 s): k1, k2"; new sessions are denied meanwhile.
+pub fn render_plan(p: &Plan, now: DateTime<Utc>) -> String {
+    let order = format!("{:?}", p.order).to_lowercase();
+    let mut line = format!("OVER CAP BY {}: ", p.over_by);
+    if !p.keys.is_empty() {
+        let when = if p.due() {
+            "now".to_string()
+        } else {
+            let left = human(p.at - now);
+            format!("at {} (in {left})", p.at.format("%H:%M:%S"))
+        };
+        let keys: Vec<String> = p.keys.iter().map(|k| shown(k)).collect();
+        line.push_str(&format!(
+            "disconnecting the {} {order} sessions {when}: {}; ",
+            p.keys.len(),
+            keys.join(", ")
+        ));
+    }
+    if p.lost > 0 {
+        line.push_str(&format!(
+            "{} seats held by lost sessions cannot be disconnected; ",
+            p.lost
+        ));
+    }
+    line.push_str("new sessions are denied");
+    line
+}
+
 impl Status {
     pub fn build(
         device: &str,
@@ -377,6 +420,7 @@ impl Status {
             in_use,
             free: total.saturating_sub(in_use),
             over_cap_by: in_use.saturating_sub(total),
+            over_cap: None,
             peak: table.peak,
             peak_at: table.peak_at,
             daily_peaks: table
@@ -492,11 +536,13 @@ impl Status {
                 self.alerts.hysteresis
             ));
         }
-        if self.over_cap_by > 0 {
-            out.push_str(&format!(
+        match &self.over_cap {
+            Some(p) => out.push_str(&format!("** {} **\n", render_plan(p, self.now))),
+            None if self.over_cap_by > 0 => out.push_str(&format!(
                 "** OVER CAP BY {}: existing sessions drain, new ones are denied **\n",
                 self.over_cap_by
-            ));
+            )),
+            None => {}
         }
         out.push_str(&format!(
             "timeline: {}\n",
@@ -600,6 +646,7 @@ mod tests {
             others: vec!["ESG-B2".into(), "ESG-C3".into()],
             changed_at: None,
             change: None,
+            limited: None,
         };
         assert_eq!(
             render_pool(&pool, now),
@@ -613,6 +660,22 @@ mod tests {
         assert!(render_pool(&grown, now).ends_with(
             "ESG-C3\n  slice last changed 2026-05-31 23:59:30 (30s ago): grown 40 -> 60\n"
         ));
+        // Why the slice is small, while the lease says so and it holds.
+        let quiet = |until| PoolStatus {
+            slice: 0,
+            limited: Some(Limit::Quiet { until }),
+            ..pool.clone()
+        };
+        assert!(render_pool(&quiet(t("2026-06-01T00:04:00Z")), now).contains(
+            "slice 0, in use here 37; lease until 2026-06-01 00:05:00 (in 5m 0s); cloud restarted: no new grants until 00:04:00 UTC; other"
+        ));
+        assert!(!render_pool(&quiet(now), now).contains("restarted"), "over");
+        let held = PoolStatus {
+            limited: Some(Limit::Held),
+            ..pool.clone()
+        };
+        assert!(render_pool(&held, now)
+            .contains("(in 5m 0s); waiting for seats other members still hold;"));
         let expired = PoolStatus {
             slice: 0,
             lease_valid: false,
@@ -629,6 +692,33 @@ mod tests {
         };
         assert!(
             render_pool(&none, now).ends_with("no lease yet: no pool sessions; other members: -\n")
+        );
+    }
+
+    #[test]
+    fn the_over_cap_plan_line_says_what_goes_and_when() {
+        use crate::admission::over_cap::{Order, Plan};
+        let now = t("2026-06-02T12:01:05Z");
+        let mut p = Plan {
+            order: Order::Newest,
+            over_by: 2,
+            at: t("2026-06-02T12:01:30Z"),
+            in_ms: 25_000,
+            keys: vec!["k2".into(), "k\u{1b}1".into()],
+            lost: 0,
+            counting: true,
+        };
+        assert_eq!(
+            render_plan(&p, now),
+            "OVER CAP BY 2: disconnecting the 2 newest sessions at 12:01:30 (in 25s): k2, k\\u{1b}1; new sessions are denied"
+        );
+        p.in_ms = 0;
+        p.lost = 1;
+        p.keys.pop();
+        p.order = Order::Oldest;
+        assert_eq!(
+            render_plan(&p, now),
+            "OVER CAP BY 2: disconnecting the 1 oldest sessions now: k2; 1 seats held by lost sessions cannot be disconnected; new sessions are denied"
         );
     }
 

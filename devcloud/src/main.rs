@@ -718,11 +718,31 @@ fn load_alloc(dir: &Path) -> Result<alloc::Alloc> {
 }
 
 /// The allocator as `serve` keeps it: state, lease length, and the end of
-/// the quiet period after a (re)start with pools in the state.
+/// the quiet period of each pool this cloud had granted slices of before it
+/// (re)started.
 struct Pools {
     alloc: alloc::Alloc,
     lease_ms: u64,
-    quiet_until: DateTime<Utc>,
+    quiet_until: BTreeMap<String, DateTime<Utc>>,
+}
+
+impl Pools {
+    /// After a start with state: each pool the cloud ever granted for may
+    /// have leases in force it does not know (a lost answer, an older
+    /// file), so one lease length of granting nothing beyond reported
+    /// usage. A pool without state never had a lease: served at once.
+    fn start(alloc: alloc::Alloc, lease_ms: u64, now: DateTime<Utc>) -> Pools {
+        let until = now + Duration::milliseconds(lease_ms as i64);
+        let quiet_until = alloc
+            .granted_pools()
+            .map(|id| (id.to_string(), until))
+            .collect();
+        Pools {
+            alloc,
+            lease_ms,
+            quiet_until,
+        }
+    }
 }
 
 /// Grants `serial` its slices for `reports`, persisting the allocation
@@ -740,11 +760,19 @@ fn grant_slices(
     for (id, l) in state.licenses.iter().filter(|(_, l)| l.pooled) {
         p.alloc.set_pool(&pool_id(id), l.seats, &members(l));
     }
-    let quiet = now < p.quiet_until;
     let mut grants = Vec::new();
     for r in reports {
-        if let Some(g) = p.alloc.request(serial, r, now, quiet)? {
-            grants.push((r.pool.clone(), g));
+        let quiet = p.quiet_until.get(&r.pool).copied().filter(|t| now < *t);
+        if let Some(d) = p.alloc.request(serial, r, now, quiet)? {
+            eprintln!(
+                "INFO grant pool={} device={serial} seats={} in_use={} wanted={} reason={}",
+                r.pool,
+                d.grant.seats,
+                r.in_use,
+                r.wanted,
+                d.reason()
+            );
+            grants.push((r.pool.clone(), d));
         }
     }
     let text = serde_json::to_string_pretty(&p.alloc)?;
@@ -752,15 +780,16 @@ fn grant_slices(
         .with_context(|| format!("cannot write {}", pools_path(dir).display()))?;
     Ok(grants
         .into_iter()
-        .map(|(pool, g)| {
+        .map(|(pool, d)| {
             let lease = Lease {
                 format: LEASE_FORMAT,
                 device: serial.to_string(),
                 pool,
-                seats: g.seats,
-                epoch: g.epoch,
-                issued_at: g.at,
+                seats: d.grant.seats,
+                epoch: d.grant.epoch,
+                issued_at: d.grant.at,
                 valid_for_ms: p.lease_ms,
+                limited: d.limit,
             };
             sign_lease(&lease, &key)
         })
@@ -857,19 +886,13 @@ fn tls_config(dir: &Path) -> Result<rustls::ServerConfig> {
 }
 
 async fn serve(dir: PathBuf, addr: SocketAddr, lease_ms: u64) -> Result<()> {
-    let now = Utc::now();
-    let restarted = load(&dir)?.licenses.values().any(|l| l.pooled);
-    let pools = Arc::new(Mutex::new(Pools {
-        alloc: load_alloc(&dir)?,
-        lease_ms,
-        // It may not know every lease in force: one lease length of
-        // granting nothing beyond reported usage.
-        quiet_until: if restarted {
-            now + Duration::milliseconds(lease_ms as i64)
-        } else {
-            now
-        },
-    }));
+    // Refuses to serve an uninitialised directory ("run `init` first").
+    load(&dir)?;
+    let pools = Pools::start(load_alloc(&dir)?, lease_ms, Utc::now());
+    for (id, until) in &pools.quiet_until {
+        eprintln!("INFO pool {id}: restarted with its allocation; no new grants until {until}");
+    }
+    let pools = Arc::new(Mutex::new(pools));
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&dir)?));
     let listener = TcpListener::bind(addr)
         .await
@@ -1094,6 +1117,33 @@ async fn route(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quiet_after_a_start_only_for_pools_granted_before() {
+        let now = Utc::now();
+        let mut alloc = alloc::Alloc::default();
+        let members = ["ESG-A".to_string(), "ESG-B".to_string()];
+        alloc.set_pool("P-OLD", 150, &members);
+        alloc.set_pool("P-NEW", 150, &members);
+        let r = PoolReport {
+            pool: "P-OLD".into(),
+            in_use: 0,
+            wanted: 4,
+            held_epoch: None,
+        };
+        alloc.request("ESG-A", &r, now, None).unwrap().unwrap();
+        // Through the file, as a restarted `serve` finds it.
+        let alloc = serde_json::from_str(&serde_json::to_string(&alloc).unwrap()).unwrap();
+        let pools = Pools::start(alloc, 300_000, now);
+        let until = now + Duration::milliseconds(300_000);
+        assert_eq!(
+            pools.quiet_until,
+            BTreeMap::from([("P-OLD".to_string(), until)]),
+            "a pool without a grant before is served at once"
+        );
+        let fresh = Pools::start(alloc::Alloc::default(), 300_000, now);
+        assert!(fresh.quiet_until.is_empty());
+    }
 
     #[test]
     fn paths_relative_to_the_config_directory() {

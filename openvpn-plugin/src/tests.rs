@@ -83,6 +83,7 @@ fn serve(
                     ok: true,
                     released,
                     in_use: h.len() as u32,
+                    sessions: None,
                 })
             }
             other => panic!("unexpected {other:?}"),

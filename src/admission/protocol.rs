@@ -35,8 +35,14 @@ pub enum Request {
     Usage,
     /// Liveness check.
     Ping,
-    /// Operator: free a session's seat by hand.
-    Evict { key: String },
+    /// Operator: end a session (`key`) or every session of a user (`user`)
+    /// through the VPN server that holds it, and free its seat.
+    Evict {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+    },
     /// Operator: free the seats of sessions lost with a damaged snapshot
     /// (after checking the VPN servers hold no more sessions than status lists).
     ForgetLost,
@@ -136,6 +142,38 @@ pub struct ReleaseResponse {
     /// False when the key held no seat.
     pub released: bool,
     pub in_use: u32,
+    /// `evict` only: the sessions it matched (`[Evicted]`, empty when none
+    /// did), each with what became of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<serde_json::Value>,
+}
+
+/// One session an `evict` matched, as its answer lists it (inside
+/// `ReleaseResponse::sessions`, which clients read as plain JSON: only the
+/// daemon writes it, so it costs no decoder).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Evicted {
+    pub key: String,
+    pub user: String,
+    pub outcome: EvictOutcome,
+    /// Whether its seat was freed.
+    pub freed: bool,
+    /// What happened, in words.
+    pub message: String,
+}
+
+/// What the VPN server did with an evicted session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvictOutcome {
+    /// The server confirmed it ended the session.
+    Disconnected,
+    /// The session had ended already.
+    Gone,
+    /// No `[[reconcile]]` entry controls its server: the tunnel is still up.
+    NoControl,
+    /// The server refused or did not answer: the tunnel may still be up.
+    Failed,
 }
 
 /// The status travels as JSON the codec does not interpret (its shape is
@@ -234,7 +272,17 @@ pub fn decode(line: &[u8]) -> Result<Request, Response> {
     }
     let key = match &env.request {
         Request::Admit(a) => Some(&a.key),
-        Request::Release { key } | Request::Evict { key } => Some(key),
+        Request::Release { key } => Some(key),
+        Request::Evict { key, user } => match (key, user) {
+            (Some(key), None) => Some(key),
+            (None, Some(user)) if user.len() <= MAX_KEY => None,
+            _ => {
+                return Err(Response::error(
+                    ErrorCode::BadRequest,
+                    format!("evict takes a \"key\" or a \"user\" (1 to {MAX_KEY} bytes), not both"),
+                ))
+            }
+        },
         _ => None,
     };
     if let Some(key) = key.filter(|k| k.is_empty() || k.len() > MAX_KEY) {
@@ -362,8 +410,70 @@ mod tests {
         assert_eq!(decode(br#"{"v":1,"op":"usage"}"#).unwrap(), Request::Usage);
         assert_eq!(
             decode(br#"{"v":1,"op":"evict","key":"x"}"#).unwrap(),
-            Request::Evict { key: "x".into() }
+            Request::Evict {
+                key: Some("x".into()),
+                user: None
+            }
         );
+        assert_eq!(
+            decode(br#"{"v":1,"op":"evict","user":"alice"}"#).unwrap(),
+            Request::Evict {
+                key: None,
+                user: Some("alice".into())
+            }
+        );
+        // The empty user name is a name (ocserv and OpenVPN allow none).
+        assert!(decode(br#"{"v":1,"op":"evict","user":""}"#).is_ok());
+    }
+
+    #[test]
+    fn evict_takes_one_of_key_and_user() {
+        for line in [
+            &br#"{"v":1,"op":"evict"}"#[..],
+            br#"{"v":1,"op":"evict","key":"k","user":"u"}"#,
+            br#"{"v":1,"op":"evict","key":""}"#,
+        ] {
+            assert_eq!(code(line), ErrorCode::BadRequest);
+        }
+        let long = format!(
+            r#"{{"v":1,"op":"evict","user":"{}"}}"#,
+            "u".repeat(MAX_KEY + 1)
+        );
+        assert_eq!(code(long.as_bytes()), ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn an_evict_answer_is_a_release_answer_with_its_sessions() {
+        let evicted = vec![Evicted {
+            key: "k".into(),
+            user: "u".into(),
+            outcome: EvictOutcome::NoControl,
+            freed: true,
+            message: "m".into(),
+        }];
+        let answer = Response::Release(ReleaseResponse {
+            ok: true,
+            released: true,
+            in_use: 2,
+            sessions: Some(serde_json::to_value(&evicted).unwrap()),
+        });
+        let line = answer.encode();
+        let text = String::from_utf8(line.clone()).unwrap();
+        assert!(
+            text.contains(r#""sessions":[{"freed":true,"key":"k","message":"m","outcome":"no_control","user":"u"}]"#),
+            "{text}"
+        );
+        let back: Response = serde_json::from_slice(&line).unwrap();
+        assert_eq!(back, answer);
+        // A release answer has no sessions field.
+        let release = Response::Release(ReleaseResponse {
+            ok: true,
+            released: false,
+            in_use: 1,
+            sessions: None,
+        });
+        let text = String::from_utf8(release.encode()).unwrap();
+        assert_eq!(text, "{\"ok\":true,\"released\":false,\"in_use\":1}\n");
     }
 
     #[test]

@@ -221,6 +221,18 @@ impl Seats {
         }
     }
 
+    /// Frees `instance` of `key` only (an eviction decided on that very
+    /// session: a newer admission of the key keeps its seat).
+    pub fn release_instance(&mut self, key: &str, instance: u64) -> (Option<Session>, Fault) {
+        match self.table.release_instance(key, instance) {
+            Some((session, change)) => {
+                self.in_flight.remove(key);
+                (Some(session), self.record_release(change))
+            }
+            None => (None, None),
+        }
+    }
+
     fn release_unchecked(&mut self, key: &str) -> (Option<Session>, Fault) {
         self.in_flight.remove(key);
         match self.table.release(key) {

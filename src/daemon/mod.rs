@@ -10,10 +10,13 @@
 //! - `summary`: the STATUS line systemd shows;
 //! - `alerting`: usage alerts and license warnings in the log;
 //! - `denials`: the last denials and their counts, for status;
+//! - `evict`: ending sessions through their VPN servers (operator
+//!   evictions, over-cap enforcement, the seat policy);
 //! - `tasks`: reaper, ticker, watchdog, STATUS updates, SIGHUP reload.
 
 mod alerting;
 mod denials;
+mod evict;
 mod gateway;
 mod persist;
 mod service;
@@ -124,6 +127,8 @@ pub async fn run(config_path: PathBuf, shutdown: impl Future<Output = ()>) -> Re
         admissions: Default::default(),
         usage,
         usage_saved: None,
+        countdown: Default::default(),
+        enforcing: None,
     };
     let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
     let (policy_tx, policy_rx) = watch::channel(Arc::new(tasks::policy(&config)));

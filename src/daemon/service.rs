@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 
 use super::alerting;
+use super::evict::{self, Ended, Why};
 use super::gateway::log_release_fault;
 use super::state::Shared;
 use super::status_cache::Lookup;
@@ -19,7 +20,7 @@ use crate::admission::protocol::{
 };
 use crate::admission::seats::{Admission, Asker, Release};
 use crate::admission::server::{Bytes, Reply, Service, Undo};
-use crate::admission::table::{Decision, ServerId};
+use crate::admission::table::{Decision, ServerId, Session};
 use crate::cloud::demand::HIGH_WATER_GAP;
 use crate::sys::process::{self, Relation};
 use crate::text::shown;
@@ -71,11 +72,7 @@ impl Service for Shared {
                 };
                 self.release(&key, asker)
             }
-            Request::Evict { key } => {
-                // Who freed a seat by hand is the operator's audit trail.
-                tracing::warn!(key = %shown(&key), operator_uid = peer.uid, operator_pid = peer.pid, "evict asked by an operator");
-                self.release(&key, Some(Asker::Operator))
-            }
+            Request::Evict { key, user } => self.evict(peer, key, user),
             Request::Status => self.status_reply(),
             Request::Usage => {
                 let report = self.peek().usage_report(Utc::now(), Instant::now());
@@ -139,6 +136,48 @@ fn alive(server: &ServerId) -> bool {
 }
 
 impl Shared {
+    /// Ends a session, or every session of a user, through its server; the
+    /// answer waits for the servers off the socket server's way.
+    fn evict(self: Arc<Self>, peer: &Peer, key: Option<String>, user: Option<String>) -> Reply {
+        // Who ended a session by hand is the operator's audit trail.
+        let (uid, pid) = (peer.uid, peer.pid);
+        let (sessions, in_use) = {
+            let state = self.peek();
+            let table = state.seats.table();
+            let sessions: Vec<Session> = match (&key, &user) {
+                (Some(k), _) => table.get(k).cloned().into_iter().collect(),
+                (None, Some(u)) => table.sessions().filter(|s| &s.user == u).cloned().collect(),
+                (None, None) => Vec::new(),
+            };
+            (sessions, state.seats.in_use())
+        };
+        let (k, u) = (key.as_deref().map(shown), user.as_deref().map(shown));
+        let (k, u) = (k.unwrap_or_default(), u.unwrap_or_default());
+        tracing::warn!(key = %k, user = %u, sessions = sessions.len(), operator_uid = uid, operator_pid = pid, "evict asked by an operator");
+        let reply = |ended: &[Ended], in_use| {
+            let wire: Vec<_> = ended.iter().map(Ended::wire).collect();
+            Response::Release(ReleaseResponse {
+                ok: true,
+                released: ended.iter().any(|e| e.freed),
+                in_use,
+                sessions: Some(serde_json::to_value(wire).expect("evictions serialise")),
+            })
+        };
+        if sessions.is_empty() {
+            return answer(reply(&[], in_use));
+        }
+        let (done, pending) = tokio::sync::watch::channel(None);
+        evict::spawn(Box::pin(async move {
+            let ended = evict::disconnect(&self, sessions, Why::Operator { uid, pid }).await;
+            let response = reply(&ended, self.peek().seats.in_use());
+            let _ = done.send(Some(Arc::new(response.encode())));
+        }));
+        Reply {
+            bytes: Bytes::Pending(pending),
+            undo: None,
+        }
+    }
+
     /// Frees the seats of sessions lost with a damaged snapshot.
     fn forget_lost(&self, peer: &Peer) -> Reply {
         let mut state = self.lock();
@@ -161,6 +200,7 @@ impl Shared {
             ok: true,
             released: was > 0,
             in_use,
+            sessions: None,
         }))
     }
 
@@ -289,6 +329,7 @@ impl Shared {
             ok: true,
             released,
             in_use,
+            sessions: None,
         }))
     }
 

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::denials::Denials;
 use crate::admission::access::Policy;
+use crate::admission::over_cap::{self, Countdown, Order};
 use crate::admission::seats::Seats;
 use crate::alerts::{Thresholds, Tracker};
 use crate::cloud::demand::{Attempts, PoolSeen, PoolView};
@@ -63,6 +64,10 @@ pub struct State {
     pub usage: History,
     /// When the writer last wrote `usage.json` in this run (None: not yet).
     pub usage_saved: Option<Instant>,
+    /// The over-cap countdown (`evict::look`), and the disconnecting
+    /// policy it runs under (None: drain).
+    pub countdown: Countdown,
+    pub enforcing: Option<(Order, std::time::Duration)>,
 }
 
 impl State {
@@ -210,6 +215,7 @@ impl State {
                     .filter(|m| **m != self.device)
                     .cloned()
                     .collect(),
+                limited: self.leases.get(&p.id).and_then(|h| h.lease.limited),
             });
         }
         out
@@ -267,6 +273,12 @@ impl State {
         status.alerts = self.alert_thresholds.clone();
         self.denial_log.fill(&mut status);
         status.admissions = self.admissions.clone();
+        if let Some((order, grace)) = self.enforcing {
+            let over_for = self.countdown.over_for(mono);
+            let cap = status.cap_total;
+            status.over_cap =
+                over_cap::plan(self.seats.table(), cap, order, grace, over_for, system);
+        }
         status
     }
 }

@@ -20,7 +20,8 @@ use crate::license::disk;
 use crate::sys;
 
 /// Releases the sessions of VPN server processes that are gone, and
-/// writes what a full runtime directory held back once it can.
+/// writes what a full runtime directory held back once it can. (The
+/// reaper also looks at the over-cap countdown: `evict::look`.)
 pub fn reap(shared: &Shared) {
     let faulted = shared.peek().seats.fault().is_some();
     if faulted {
@@ -43,6 +44,7 @@ pub async fn reaper(shared: Arc<Shared>, every: Duration, cancel: CancellationTo
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while cancel.run_until_cancelled(tick.tick()).await.is_some() {
         reap(&shared);
+        super::evict::look(&shared);
     }
 }
 

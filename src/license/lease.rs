@@ -33,6 +33,37 @@ pub struct Lease {
     /// fresh signed time that corrects the license clock (`time`).
     pub issued_at: DateTime<Utc>,
     pub valid_for_ms: u64,
+    /// Why the slice is smaller than the gateway asked for, when it is
+    /// (optional: absent means the cloud granted what was wanted, or does
+    /// not say). Only shown in status; never changes what the lease allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limited: Option<Limit>,
+}
+
+/// Why the cloud granted less than a member wanted (docs/cloud-api.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Limit {
+    /// The cloud restarted: nothing beyond reported usage until `until`.
+    Quiet { until: DateTime<Utc> },
+    /// Demand exceeds the pool: shared in proportion, never below usage.
+    Contended,
+    /// Seats other members may still hold (take before give).
+    Held,
+}
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Limit::Quiet { until } => write!(
+                f,
+                "cloud restarted: no new grants until {}",
+                until.format("%H:%M:%S UTC")
+            ),
+            Limit::Contended => f.write_str("pool contended: shared by demand"),
+            Limit::Held => f.write_str("waiting for seats other members still hold"),
+        }
+    }
 }
 
 impl Lease {
@@ -306,6 +337,7 @@ mod tests {
             epoch,
             issued_at: t("2026-06-01T00:00:00Z"),
             valid_for_ms: 1500,
+            limited: None,
         }
     }
 
@@ -419,6 +451,49 @@ mod tests {
             book.get("P1").unwrap().expires,
             later + Duration::from_millis(1500)
         );
+    }
+
+    #[test]
+    fn why_a_slice_is_small_is_optional_and_strict() {
+        let t0 = Instant::now();
+        let plain = serde_json::to_value(lease("P1", 0, 5)).unwrap();
+        assert!(plain.get("limited").is_none(), "absent when none: {plain}");
+        let until = t("2026-06-01T00:05:00Z");
+        let quiet = Lease {
+            limited: Some(Limit::Quiet { until }),
+            ..lease("P1", 0, 5)
+        };
+        let v = serde_json::to_value(&quiet).unwrap();
+        assert_eq!(
+            v["limited"],
+            serde_json::json!({"kind": "quiet", "until": "2026-06-01T00:05:00Z"})
+        );
+        let mut book = LeaseBook::default();
+        accept(&mut book, &quiet, 1, t0).unwrap();
+        assert_eq!(
+            book.get("P1").unwrap().lease.limited,
+            Some(Limit::Quiet { until })
+        );
+        assert_eq!(
+            Limit::Quiet { until }.to_string(),
+            "cloud restarted: no new grants until 00:05:00 UTC"
+        );
+        for (json, kind) in [
+            (r#"{"kind":"contended"}"#, Limit::Contended),
+            (r#"{"kind":"held"}"#, Limit::Held),
+        ] {
+            assert_eq!(serde_json::from_str::<Limit>(json).unwrap(), kind);
+        }
+        // An unknown reason is a contract mismatch: the lease is refused,
+        // the one in force stays.
+        let mut bad = serde_json::to_value(lease("P1", 9, 6)).unwrap();
+        bad["limited"] = serde_json::json!({"kind": "bogus"});
+        let signed = sign_bytes(serde_json::to_vec(&bad).unwrap(), &key(1));
+        let err = book
+            .accept(&signed, &[key(1).verifying_key()], "ESG-A1", &["P1"], t0)
+            .unwrap_err();
+        assert!(matches!(err, LeaseError::Payload(_)), "{err}");
+        assert_eq!(book.slice("P1", t0), Some(0));
     }
 
     fn remembered(pools: &[(&str, u64)]) -> Remembered {

@@ -61,8 +61,24 @@ pub struct OpenvpnAnswer {
 
 /// Asks an OpenVPN management socket for `pid` and `status 3`.
 pub async fn openvpn(management: &Path, timeout: Duration) -> Result<OpenvpnAnswer, FetchError> {
+    let (answer, _) = openvpn_kill(management, timeout, &|_, _| Vec::new()).await?;
+    Ok(answer)
+}
+
+/// Which clients to end, from the server's pid and its listing: their
+/// `Client ID`s.
+pub type Pick<'a> = dyn Fn(u32, &[openvpn::Client]) -> Vec<u64> + Sync + 'a;
+
+/// The same conversation, then `client-kill CID HALT` for each client
+/// `pick` chooses; the server's answer to each kill, in order. One
+/// conversation for both (one management client at a time).
+pub async fn openvpn_kill(
+    management: &Path,
+    timeout: Duration,
+    pick: &Pick<'_>,
+) -> Result<(OpenvpnAnswer, Vec<Result<(), String>>), FetchError> {
     let what = format!("OpenVPN management socket {}", management.display());
-    match tokio::time::timeout(timeout, openvpn_unbounded(management, &what)).await {
+    match tokio::time::timeout(timeout, openvpn_unbounded(management, &what, pick)).await {
         Ok(answer) => answer,
         Err(_) => Err(FetchError::Timeout {
             what,
@@ -71,7 +87,11 @@ pub async fn openvpn(management: &Path, timeout: Duration) -> Result<OpenvpnAnsw
     }
 }
 
-async fn openvpn_unbounded(management: &Path, what: &str) -> Result<OpenvpnAnswer, FetchError> {
+async fn openvpn_unbounded(
+    management: &Path,
+    what: &str,
+    pick: &Pick<'_>,
+) -> Result<(OpenvpnAnswer, Vec<Result<(), String>>), FetchError> {
     let stream = UnixStream::connect(management)
         .await
         .map_err(|source| FetchError::Connect {
@@ -85,14 +105,7 @@ async fn openvpn_unbounded(management: &Path, what: &str) -> Result<OpenvpnAnswe
         source,
     };
     wr.write_all(b"pid\n").await.map_err(io)?;
-    // Skip the banner and any real-time notifications (">...") until the answer.
-    let pid_line = loop {
-        let line = read_line(&mut rd, what).await?;
-        if line.starts_with("SUCCESS:") || line.starts_with("ERROR:") {
-            break line;
-        }
-    };
-    let pid = openvpn::parse_pid(&pid_line)?;
+    let pid = openvpn::parse_pid(&answer(&mut rd, what).await?)?;
     let requested_at = Utc::now();
     wr.write_all(b"status 3\n").await.map_err(io)?;
     let mut text = String::new();
@@ -104,14 +117,36 @@ async fn openvpn_unbounded(management: &Path, what: &str) -> Result<OpenvpnAnswe
             break;
         }
     }
-    // Free the interface for the next client; the answer is already complete.
-    let _ = wr.write_all(b"quit\n").await;
     let clients = openvpn::parse_status3(&text)?;
-    Ok(OpenvpnAnswer {
+    let mut kills = Vec::new();
+    for cid in pick(pid, &clients) {
+        wr.write_all(openvpn::kill_command(cid).as_bytes())
+            .await
+            .map_err(io)?;
+        kills.push(openvpn::parse_kill(&answer(&mut rd, what).await?));
+    }
+    // Free the interface for the next client; the answers are complete.
+    let _ = wr.write_all(b"quit\n").await;
+    let answer = OpenvpnAnswer {
         pid,
         clients,
         requested_at,
-    })
+    };
+    Ok((answer, kills))
+}
+
+/// The next `SUCCESS:` or `ERROR:` line, past the banner and any
+/// real-time notifications (`>...`).
+async fn answer<R: tokio::io::AsyncBufRead + Unpin>(
+    rd: &mut R,
+    what: &str,
+) -> Result<String, FetchError> {
+    loop {
+        let line = read_line(rd, what).await?;
+        if line.starts_with("SUCCESS:") || line.starts_with("ERROR:") {
+            return Ok(line);
+        }
+    }
 }
 
 async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
@@ -164,16 +199,27 @@ async fn run_occtl(
     what: &str,
     timeout: Duration,
 ) -> Result<String, FetchError> {
+    run(occtl, socket, &["-j", "show", what], timeout).await
+}
+
+/// Runs `occtl [-s SOCKET] ARGS` within `timeout`; its output when it
+/// exits 0.
+pub(super) async fn run(
+    occtl: &Path,
+    socket: Option<&Path>,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<String, FetchError> {
     let mut cmd = tokio::process::Command::new(occtl);
     if let Some(s) = socket {
         cmd.arg("-s").arg(s);
     }
-    cmd.args(["-j", "show", what])
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let command = format!("{} -j show {what}", occtl.display());
+    let command = format!("{} {}", occtl.display(), args.join(" "));
     let child = cmd.spawn().map_err(|source| FetchError::Spawn {
         path: occtl.to_path_buf(),
         source,

@@ -4,8 +4,10 @@
 //! VPN server's own list and frees the seats of sessions the server no
 //! longer has. `openvpn` and `ocserv` parse the servers' listings (pure);
 //! this module decides which sessions are stale (pure); `fetch` asks the
-//! servers (I/O) and `task` runs it at start-up and on an interval.
+//! servers (I/O) and `task` runs it at start-up and on an interval;
+//! `control` ends sessions through the same servers (evictions).
 
+pub mod control;
 pub mod fetch;
 pub mod ocserv;
 pub mod openvpn;
@@ -178,6 +180,7 @@ mod tests {
             common_name: "c1".into(),
             virtual_address: "10.8.0.2".into(),
             connected_since: 1000,
+            client_id: Some(3),
         };
         let listing = Listing::openvpn(7, vec![listed], at("2026-01-01T00:01:00Z"));
         let grace = Duration::from_secs(2);

@@ -11,6 +11,9 @@ pub struct Client {
     pub common_name: String,
     pub virtual_address: String,
     pub connected_since: i64,
+    /// The `Client ID` (CID) that `client-kill` takes; None from a server
+    /// too old to list it.
+    pub client_id: Option<u64>,
 }
 
 const WHAT: &str = "OpenVPN management `status 3`";
@@ -30,7 +33,7 @@ pub fn parse_pid(line: &str) -> Result<u32, ParseError> {
 /// Anything short of a complete, well-formed listing is an error: a partial
 /// list must never release a seat.
 pub fn parse_status3(text: &str) -> Result<Vec<Client>, ParseError> {
-    let mut columns: Option<(usize, usize, usize)> = None;
+    let mut columns: Option<(usize, usize, usize, Option<usize>)> = None;
     let mut clients = Vec::new();
     let mut ended = false;
     for line in text.lines().map(|l| l.trim_end_matches('\r')) {
@@ -54,10 +57,11 @@ pub fn parse_status3(text: &str) -> Result<Vec<Client>, ParseError> {
                     find("Common Name")?,
                     find("Virtual Address")?,
                     find("Connected Since (time_t)")?,
+                    find("Client ID").ok(),
                 ));
             }
             ["CLIENT_LIST", values @ ..] => {
-                let Some((cn, addr, since)) = columns else {
+                let Some((cn, addr, since, cid)) = columns else {
                     return Err(ParseError::new(WHAT, "CLIENT_LIST row before its HEADER"));
                 };
                 let get = |i: usize| {
@@ -72,10 +76,13 @@ pub fn parse_status3(text: &str) -> Result<Vec<Client>, ParseError> {
                 let connected_since = since_text.parse().map_err(|_| {
                     ParseError::new(WHAT, format!("Connected Since (time_t) {since_text:?}"))
                 })?;
+                // Not a number: no kill for it (the listing still counts).
+                let client_id = cid.and_then(|i| values.get(i)?.parse().ok());
                 clients.push(Client {
                     common_name: get(cn)?.to_string(),
                     virtual_address: get(addr)?.to_string(),
                     connected_since,
+                    client_id,
                 });
             }
             [tag, ..] if tag.starts_with("ERROR") => {
@@ -94,6 +101,26 @@ pub fn parse_status3(text: &str) -> Result<Vec<Client>, ParseError> {
         return Err(ParseError::new(WHAT, "cut short (no END line)"));
     }
     Ok(clients)
+}
+
+/// The management command that ends client `cid`. `HALT` (not the
+/// default `RESTART`) tells the client to exit instead of reconnecting and
+/// taking a seat again.
+pub fn kill_command(cid: u64) -> String {
+    format!("client-kill {cid} HALT\n")
+}
+
+/// Reads the answer to `client-kill`: `SUCCESS: ...` or `ERROR: ...`.
+pub fn parse_kill(line: &str) -> Result<(), String> {
+    let line = line.trim_end();
+    if line.starts_with("SUCCESS:") {
+        Ok(())
+    } else {
+        Err(format!(
+            "the server answered {:?}",
+            crate::text::shown(line)
+        ))
+    }
 }
 
 /// The parts of an OpenVPN session key
@@ -149,6 +176,7 @@ mod tests {
             common_name: cn.into(),
             virtual_address: addr.into(),
             connected_since: since,
+            client_id: Some(0),
         }
     }
 
@@ -163,8 +191,54 @@ mod tests {
         let complete = format!("{CIPHER_FAIL}END\r\n");
         assert_eq!(
             parse_status3(&complete).unwrap(),
-            vec![client("client1", "10.8.0.2", 1795808742)]
+            vec![Client {
+                client_id: Some(3),
+                ..client("client1", "10.8.0.2", 1795808742)
+            }]
         );
+    }
+
+    #[test]
+    fn client_ids_are_read_when_listed() {
+        let header = "HEADER\tCLIENT_LIST\tCommon Name\tVirtual Address\tConnected Since (time_t)\tClient ID\r\n";
+        let text = format!(
+            "{header}CLIENT_LIST\ta\t10.8.0.2\t5\t17\r\nCLIENT_LIST\tb\t10.8.0.3\t6\t4\r\nEND\r\n"
+        );
+        let ids: Vec<_> = parse_status3(&text)
+            .unwrap()
+            .iter()
+            .map(|c| c.client_id)
+            .collect();
+        assert_eq!(ids, [Some(17), Some(4)]);
+        // A server that lists no Client ID column: still a listing, no CIDs.
+        let old = format!("{}END\r\n", header.replace("\tClient ID", ""));
+        assert_eq!(parse_status3(&old).unwrap(), vec![]);
+        let row = "CLIENT_LIST\ta\t10.8.0.2\t5\r\n";
+        let old = format!("{}{row}END\r\n", header.replace("\tClient ID", ""));
+        assert_eq!(parse_status3(&old).unwrap()[0].client_id, None);
+        // An odd Client ID: the listing stands, that client cannot be killed.
+        let odd = format!("{header}CLIENT_LIST\ta\t10.8.0.2\t5\tx\r\nEND\r\n");
+        assert_eq!(parse_status3(&odd).unwrap()[0].client_id, None);
+    }
+
+    #[test]
+    fn kill_commands_and_answers() {
+        assert_eq!(kill_command(17), "client-kill 17 HALT\n");
+        assert_eq!(
+            parse_kill("SUCCESS: client-kill command succeeded\r\n"),
+            Ok(())
+        );
+        for bad in [
+            "ERROR: client-kill command failed\r\n",
+            "",
+            ">INFO:x",
+            "SUCCESS",
+        ] {
+            assert!(parse_kill(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_kill("ERROR: client-kill command failed")
+            .unwrap_err()
+            .contains("command failed"));
     }
 
     #[test]

@@ -370,6 +370,18 @@ fn a_peer_that_is_not_allowed_cannot_admit_or_read() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("may not read status"));
     assert_eq!(d.status().in_use, 0);
+    // Nor end a session, by key or by user.
+    assert!(admitted(&server.try_call(&server.admit("k1")).unwrap()));
+    for args in [
+        &["evict", "k1", "--socket", &sock][..],
+        &["evict", "--user", "user-k1", "--socket", &sock],
+    ] {
+        let out = as_nobody(args, &[]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("may not evict sessions"), "{err}");
+    }
+    assert_eq!(d.status().in_use, 1);
 }
 
 #[test]
@@ -560,8 +572,15 @@ fn only_the_server_that_holds_a_session_may_release_or_readmit_it() {
     let st = d.status();
     assert_eq!((st.in_use, st.sessions[0].server_pid), (1, new.pid()));
     // An operator (root here) evicts any session.
-    match call(&d.socket, &Request::Evict { key: "k".into() }).unwrap() {
-        Response::Release(r) => assert!(r.released, "{r:?}"),
+    let evict = Request::Evict {
+        key: Some("k".into()),
+        user: None,
+    };
+    match call(&d.socket, &evict).unwrap() {
+        Response::Release(r) => {
+            assert!(r.released, "{r:?}");
+            assert_eq!(r.sessions.unwrap()[0]["freed"], true);
+        }
         other => panic!("{other:?}"),
     }
 }

@@ -12,6 +12,7 @@ mod pools;
 mod systemd;
 mod timing;
 mod vpn;
+mod vpn_control;
 mod vpn_harness;
 mod vpn_ns;
 mod vpn_plugin;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use seatgate::admission::protocol::{AdmitRequest, Request, Response, ServerKind, ServerRef};
 use seatgate::cloud::wire::POOL_HEADROOM;
+use seatgate::license::lease::Limit;
 use seatgate::status::Status;
 
 use super::cloud::{DevCloud, Identity};
@@ -46,6 +47,12 @@ pub(super) fn pool_use(s: &Status) -> u32 {
 /// A cloud serving `LIC-POOL` (150 seats on A, shared with `members`) with
 /// 1.5 s slice leases.
 fn pool_cloud(members: &[&str]) -> DevCloud {
+    pool_cloud_leasing(members, 1500)
+}
+
+/// The same with `lease_ms` slice leases. The share is set up before the
+/// first `serve`, the order the docs give.
+pub(super) fn pool_cloud_leasing(members: &[&str], lease_ms: u64) -> DevCloud {
     let signer = Gateway::new(0);
     let mut cloud = DevCloud::new(&signer, 3600);
     for s in members {
@@ -56,30 +63,9 @@ fn pool_cloud(members: &[&str]) -> DevCloud {
     ]);
     for s in &members[1..] {
         cloud.run(&["license", "share", "LIC-POOL", "--with", s]);
-    }
-    cloud.serve_args = vec!["--lease-ms".into(), "1500".into()];
-    cloud.start();
-    cloud
-}
-
-/// A cloud with `lease_ms` slice leases that starts serving before
-/// `LIC-POOL` (150 seats on `members[0]`, shared with the rest) exists, so
-/// it has no restart quiet period to sit out (a cloud started with pools
-/// grants nothing beyond usage for one lease).
-pub(super) fn fresh_pool_cloud(members: &[&str], lease_ms: u64) -> DevCloud {
-    let signer = Gateway::new(0);
-    let mut cloud = DevCloud::new(&signer, 3600);
-    for s in members {
-        cloud.run(&["device", "add", s, "--org", "ORG-T"]);
     }
     cloud.serve_args = vec!["--lease-ms".into(), lease_ms.to_string()];
     cloud.start();
-    cloud.run(&[
-        "license", "add", "LIC-POOL", "--device", members[0], "--seats", "150",
-    ]);
-    for s in &members[1..] {
-        cloud.run(&["license", "share", "LIC-POOL", "--with", s]);
-    }
     cloud
 }
 
@@ -439,20 +425,20 @@ fn a_gateway_restarted_after_a_share_undo_still_reports_its_draining_sessions() 
     const P: &str = "POOL-LIC-POOL";
     let cloud = pool_cloud(&["ESG-PA", B]);
 
-    // B holds 2 built-in and 5 pool sessions.
+    // B holds 2 built-in and 4 pool sessions (its first slice: the
+    // headroom it asks for).
     let gw = pool_gateway(&cloud, B);
     let sock = gw.socket();
     let daemon = gw.start();
-    // (A freshly started cloud grants nothing beyond usage for one lease.)
-    wait_for("B to hold a slice of at least 5", LIMIT, || {
+    wait_for("B to hold a slice of at least 4", LIMIT, || {
         status(&sock).filter(|s| {
             s.pools
                 .first()
-                .is_some_and(|p| p.lease_valid && p.id == P && p.slice >= 5)
+                .is_some_and(|p| p.lease_valid && p.id == P && p.slice >= 4)
         })
     });
     let vpn = FakeServer::start(&sock);
-    for i in 0..BUILTIN + 5 {
+    for i in 0..BUILTIN + 4 {
         let resp = vpn.try_call(&vpn.admit(&format!("s{i}"))).unwrap();
         assert!(admitted(&resp), "session {i}: {resp:?}");
     }
@@ -470,22 +456,22 @@ fn a_gateway_restarted_after_a_share_undo_still_reports_its_draining_sessions() 
     // cloud keeps their seats held.
     cloud.run(&["license", "unshare", "LIC-POOL", "--from", B]);
     wait_for("B to lose the pool", LIMIT, || {
-        status(&sock).filter(|s| s.cap_total == BUILTIN && s.in_use == BUILTIN + 5)
+        status(&sock).filter(|s| s.cap_total == BUILTIN && s.in_use == BUILTIN + 4)
     });
-    wait_for("the cloud to see B leave with 5 held", LIMIT, || {
-        cloud_member(&cloud, P, B).filter(|m| m["member"] == false && m["reported"] == 5)
+    wait_for("the cloud to see B leave with 4 held", LIMIT, || {
+        cloud_member(&cloud, P, B).filter(|m| m["member"] == false && m["reported"] == 4)
     });
 
     // B dies and comes back before its sessions end: it still knows the
     // pool it left and keeps reporting it.
     daemon.kill9();
     let daemon = gw.start();
-    assert_eq!(daemon.status().in_use, BUILTIN + 5, "sessions survive");
+    assert_eq!(daemon.status().in_use, BUILTIN + 4, "sessions survive");
     assert_eq!(daemon.status().cap.pooled, 0, "no slice after a restart");
     let resp = call(&sock, &Request::Release { key: "s0".into() }).unwrap();
     assert!(matches!(resp, Response::Release(r) if r.released));
-    wait_for("the restarted B to report 4 pool sessions", LIMIT, || {
-        cloud_member(&cloud, P, B).filter(|m| m["reported"] == 4)
+    wait_for("the restarted B to report 3 pool sessions", LIMIT, || {
+        cloud_member(&cloud, P, B).filter(|m| m["reported"] == 3)
     });
     assert!(
         remembered(&gw).is_some_and(|p| p[P].as_u64().is_some_and(|e| e >= epoch)),
@@ -493,7 +479,7 @@ fn a_gateway_restarted_after_a_share_undo_still_reports_its_draining_sessions() 
     );
 
     // Drained: the cloud frees the seats and B forgets the pool.
-    for i in 1..BUILTIN + 5 {
+    for i in 1..BUILTIN + 4 {
         call(
             &sock,
             &Request::Release {
@@ -536,7 +522,7 @@ fn start_logging(gw: &Gateway, log: &std::path::Path) -> Daemon {
 fn a_refusal_reaches_the_cloud_within_a_second_even_with_300_s_leases() {
     const A: &str = "ESG-PA";
     const P: &str = "POOL-LIC-POOL";
-    let cloud = fresh_pool_cloud(&[A, "ESG-PB"], 300_000);
+    let cloud = pool_cloud_leasing(&[A, "ESG-PB"], 300_000);
 
     let gw = pool_gateway(&cloud, A);
     let sock = gw.socket();
@@ -614,7 +600,7 @@ fn a_refusal_reaches_the_cloud_within_a_second_even_with_300_s_leases() {
 fn a_client_retrying_in_a_storm_is_one_seat_of_demand() {
     const A: &str = "ESG-PA";
     const P: &str = "POOL-LIC-POOL";
-    let cloud = fresh_pool_cloud(&[A, "ESG-PB"], 300_000);
+    let cloud = pool_cloud_leasing(&[A, "ESG-PB"], 300_000);
     let gw = pool_gateway(&cloud, A);
     let sock = gw.socket();
     let _daemon = gw.start();
@@ -649,4 +635,68 @@ fn a_client_retrying_in_a_storm_is_one_seat_of_demand() {
             .filter(|m| m["wanted"].as_u64() > Some(u64::from(POOL + POOL_HEADROOM + 1)))
     });
     assert_eq!(member["wanted"], POOL + POOL_HEADROOM + 2, "{member}");
+}
+
+#[test]
+fn a_fresh_cloud_grants_at_once_and_a_restarted_one_stays_quiet_one_lease_and_says_why() {
+    const B: &str = "ESG-PB";
+    const LEASE: i64 = 6000;
+    let mut cloud = pool_cloud_leasing(&["ESG-PA", B], LEASE as u64);
+    let gw = pool_gateway(&cloud, B);
+    let sock = gw.socket();
+    let _daemon = gw.start();
+    // A cloud that never granted for the pool (no allocation state) grants
+    // at once: B's headroom of 4, where a quiet cloud would give its usage, 0.
+    let s = wait_for("B's first slice lease", LIMIT, || {
+        status(&sock).filter(|s| s.pools.first().is_some_and(|p| p.lease_valid))
+    });
+    assert_eq!((s.pools[0].slice, s.pools[0].limited), (4, None));
+    let vpn = FakeServer::start(&sock);
+    for i in 0..BUILTIN + 3 {
+        let resp = vpn.try_call(&vpn.admit(&format!("s{i}"))).unwrap();
+        assert!(admitted(&resp), "session {i}: {resp:?}");
+    }
+
+    // The cloud restarts with its allocation state: for one lease length it
+    // grants B its 3 pool sessions and no more, and the lease says until when.
+    cloud.stop();
+    let before = Utc::now();
+    cloud.start();
+    let after = Utc::now();
+    let quiet = |s: &Status| match s
+        .pools
+        .first()
+        .and_then(|p| p.limited.filter(|_| p.lease_valid))
+    {
+        Some(Limit::Quiet { until }) => Some((s.clone(), until)),
+        _ => None,
+    };
+    let (s, until) = wait_for("a quiet lease", LIMIT, || {
+        status(&sock).as_ref().and_then(quiet)
+    });
+    let lease = chrono::Duration::milliseconds(LEASE);
+    assert!(
+        before + lease <= until && until <= after + lease,
+        "quiet until {until}, restarted between {before} and {after}"
+    );
+    assert_eq!((s.pools[0].slice, s.pools[0].in_use), (3, 3));
+    let text = String::from_utf8(gw.cli(&["status"]).stdout).unwrap();
+    let why = format!(
+        "cloud restarted: no new grants until {} UTC",
+        until.format("%H:%M:%S")
+    );
+    assert!(text.contains(&why), "{why:?} not in {text}");
+    assert!(
+        !admitted(&vpn.try_call(&vpn.admit("more")).unwrap()),
+        "no new pool session while quiet"
+    );
+
+    // After the quiet period B gets what it asks again.
+    let s = wait_for("B's slice to grow after the quiet period", LIMIT, || {
+        status(&sock).filter(|s| s.pools[0].lease_valid && s.pools[0].slice > 3)
+    });
+    assert!(Utc::now() >= until);
+    assert_eq!(s.pools[0].limited, None);
+    let resp = vpn.try_call(&vpn.admit("more")).unwrap();
+    assert!(admitted(&resp), "{resp:?}");
 }
