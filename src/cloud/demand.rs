@@ -23,6 +23,7 @@ use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
 use super::wire::{PoolReport, POOL_HEADROOM};
+use crate::license::lease::Limit;
 
 /// A burst of refusals within this becomes one request.
 pub const DEBOUNCE: Duration = Duration::from_millis(150);
@@ -48,6 +49,8 @@ pub struct PoolSeen {
     /// When the lease in force runs out, and when it was asked for.
     pub expires: Option<Instant>,
     pub asked: Option<Instant>,
+    /// Why the cloud granted less than wanted, as its lease says.
+    pub limited: Option<Limit>,
 }
 
 /// What the gateway looks like to the pool loop at one instant.
@@ -246,6 +249,7 @@ mod tests {
             slice,
             expires: None,
             asked: None,
+            limited: None,
         }
     }
 

@@ -193,8 +193,9 @@ fn note<G: Gateway>(
                 } else {
                     ""
                 };
+                let why = p.limited.map(|l| format!("; {l}")).unwrap_or_default();
                 tracing::info!(
-                    "{head}{drain}, wanted {wanted}, in use {in_use}, lease until {}",
+                    "{head}{drain}, wanted {wanted}, in use {in_use}, lease until {}{why}",
                     wall(p.expires)
                 );
             }

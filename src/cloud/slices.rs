@@ -102,6 +102,7 @@ mod tests {
             slice,
             expires: None,
             asked: None,
+            limited: None,
         }
     }
 

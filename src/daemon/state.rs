@@ -149,6 +149,7 @@ impl State {
                     slice: self.leases.slice(pool, mono).filter(|_| *member),
                     expires: held.map(|h| h.expires),
                     asked: held.map(|h| h.sent),
+                    limited: held.and_then(|h| h.lease.limited),
                 }
             })
             .collect();
