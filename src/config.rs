@@ -11,6 +11,7 @@ use crate::alerts::{self, Thresholds};
 use crate::license::bundle::parse_public_key;
 
 mod keys;
+pub mod policy;
 use crate::license::in_force::Rules;
 use crate::sys::users;
 
@@ -36,6 +37,8 @@ struct RawConfig {
     cloud: Option<RawCloud>,
     #[serde(default)]
     alerts: RawAlerts,
+    #[serde(default)]
+    policy: policy::RawPolicy,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,6 +131,8 @@ pub struct Config {
     pub cloud: Option<Cloud>,
     /// Usage alert thresholds (`[alerts]`).
     pub alerts: Thresholds,
+    /// Per-user limits and reserved seats (`[policy]`, docs/policy.md).
+    pub policy: policy::Policy,
 }
 
 pub const DEFAULT_OCCTL: &str = "/usr/bin/occtl";
@@ -351,6 +356,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<Problem>> {
             Thresholds::default()
         }
     };
+    let policy = policy::validate(raw.policy, &mut problems);
     let config = Config {
         device,
         builtin_seats: raw.builtin_seats.unwrap_or(2),
@@ -384,6 +390,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<Problem>> {
         reconcile,
         cloud,
         alerts,
+        policy,
     };
     // A key of the wrong type was reported as such (the first problems):
     // not again as missing.

@@ -9,6 +9,7 @@ pub mod access;
 pub mod client;
 pub mod journal;
 pub mod lock;
+pub mod policy;
 pub mod protocol;
 pub mod seats;
 pub mod server;

@@ -19,7 +19,7 @@ use crate::admission::protocol::{
 };
 use crate::admission::seats::{Admission, Asker, Release};
 use crate::admission::server::{Bytes, Reply, Service, Undo};
-use crate::admission::table::{Decision, ServerId};
+use crate::admission::table::{Decision, ServerId, Session};
 use crate::sys::process::{self, Relation};
 use crate::text::shown;
 
@@ -181,7 +181,7 @@ impl Shared {
         let mono = Instant::now();
         let cap = state.cap(now, mono);
         let (admission, fault) = match server {
-            Some(server) => state.seats.admit(req, server, cap, now, alive),
+            Some(server) => state.seats.admit(req, server, cap, &config.policy, now, alive),
             None => (state.seats.deny(DenyReason::UnknownServer, cap), None),
         };
         let mut first_at_cap = false;
@@ -221,10 +221,28 @@ impl Shared {
         log_release_fault(fault);
         log_admission(req, &admission, &self.denying, first_at_cap);
         alerting::log(alert, admission.in_use, cap);
+        let bytes = Response::Admit(admit_response(&admission)).encode();
+        if let Some(old) = admission.replaced {
+            self.disconnect_replaced(old);
+        }
         Reply {
-            bytes: Bytes::Owned(Response::Admit(admit_response(&admission)).encode()),
+            bytes: Bytes::Owned(bytes),
             undo,
         }
+    }
+
+    /// A session whose seat a new session of its user took
+    /// (`at_user_limit = "replace_oldest"`): its seat is free already; the
+    /// VPN server must now end it.
+    fn disconnect_replaced(&self, session: Session) {
+        // MERGE: wire to the eviction helper's disconnect
+        tracing::warn!(
+            key = %shown(&session.key),
+            user = %shown(&session.user),
+            server_pid = session.server.pid,
+            since = %session.since,
+            "user limit: replaced the oldest session of the user (disconnect pending: no server control wired)"
+        );
     }
 
     /// The asker of a release by a hook: the server process holding the
@@ -384,6 +402,17 @@ fn deny_message(reason: DenyReason, cap: u32, in_use: u32) -> String {
         DenyReason::Internal => "the daemon could not record the session; see its log".into(),
         DenyReason::KeyHeld => {
             "this session key is held by another VPN server process that is still running".into()
+        }
+        DenyReason::UserLimit => {
+            "this user holds as many sessions as one user may ([policy] max_sessions_per_user)"
+                .into()
+        }
+        DenyReason::Reserved => format!(
+            "the {} free seats are reserved for other users ([[policy.group]] reserved)",
+            cap.saturating_sub(in_use)
+        ),
+        DenyReason::GroupLimit => {
+            "this user's group holds all the seats it may ([[policy.group]] max)".into()
         }
     }
 }

@@ -25,6 +25,7 @@ pub fn action(env: &HashMap<String, String>) -> Result<Action, EnvError> {
             pid,
         },
         remote: get(env, "IP_REAL").to_string(),
+        group: get(env, "GROUPNAME").to_string(),
     }))
 }
 

@@ -30,6 +30,7 @@ fn self_admit(key: &str, user: &str) -> Request {
             pid: std::process::id(),
         },
         remote: "192.0.2.1".into(),
+        group: String::new(),
     })
 }
 

@@ -179,6 +179,7 @@ impl Rig {
                                 pid: pids[i],
                             },
                             remote: "192.0.2.9".into(),
+                            group: String::new(),
                         });
                         if call(&relays[i], &req).is_ok_and(|r| admitted(&r)) {
                             held[i].push(key);

@@ -543,6 +543,7 @@ impl FakeServer {
                 pid: self.pid(),
             },
             remote: "192.0.2.7".into(),
+            group: String::new(),
         })
     }
 
