@@ -132,7 +132,7 @@ pub struct Config {
     /// Usage alert thresholds (`[alerts]`).
     pub alerts: Thresholds,
     /// Per-user limits and reserved seats (`[policy]`, docs/policy.md).
-    pub policy: policy::Policy,
+    pub policy: policy::SeatPolicy,
 }
 
 pub const DEFAULT_OCCTL: &str = "/usr/bin/occtl";

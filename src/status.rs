@@ -6,10 +6,12 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::admission::policy::entry_usage;
 use crate::admission::protocol::ServerKind;
 use crate::admission::table::Table;
 use crate::alerts::Thresholds;
 use crate::cloud::policy::{human, CloudStatus, Severity, StampSeen, SyncRecord};
+use crate::config::policy::{AtUserLimit, SeatPolicy};
 use crate::license::cap::describe_timeline;
 use crate::license::in_force::{Dropped, Licenses};
 use crate::license::notices::{notices, Notice};
@@ -96,6 +98,97 @@ pub struct Status {
     /// licenses` shows the full records).
     #[serde(default)]
     pub licenses: Vec<LicenseExpiry>,
+    /// The `[policy]` in force; absent when it sets no rule.
+    #[serde(default)]
+    pub policy: Option<PolicyStatus>,
+}
+
+/// The seat policy in force and how its reservations are used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    pub max_sessions_per_user: Option<u32>,
+    pub at_user_limit: AtUserLimit,
+    /// Seats reserved by every entry together.
+    pub reserved: u32,
+    /// Reserved seats no member holds yet: free seats nobody else may take.
+    pub unfilled: u32,
+    pub groups: Vec<GroupStatus>,
+    /// Set when the cap in force is below the seats reserved.
+    #[serde(default)]
+    pub warning: Option<String>,
+}
+
+/// One `[[policy.group]]` entry and the seats its members hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    pub name: String,
+    pub reserved: u32,
+    pub max: Option<u32>,
+    pub in_use: u32,
+}
+
+impl PolicyStatus {
+    /// The policy against the sessions held and the cap (None: no rule).
+    pub fn build(policy: &SeatPolicy, table: &Table, cap: u32) -> Option<PolicyStatus> {
+        if policy.is_empty() {
+            return None;
+        }
+        let used = entry_usage(table, policy, None);
+        let groups: Vec<GroupStatus> = policy
+            .groups
+            .iter()
+            .zip(used)
+            .map(|(g, in_use)| GroupStatus {
+                name: g.name.clone(),
+                reserved: g.reserved,
+                max: g.max,
+                in_use,
+            })
+            .collect();
+        let reserved = policy.reserved();
+        let warning = (reserved > cap).then(|| {
+            format!("the cap in force ({cap}) is below the {reserved} seats reserved by [policy]: reserved members get in first come, first served, and nobody else until usage drops")
+        });
+        Some(PolicyStatus {
+            max_sessions_per_user: policy.max_sessions_per_user,
+            at_user_limit: policy.at_user_limit,
+            reserved,
+            unfilled: groups
+                .iter()
+                .map(|g| g.reserved.saturating_sub(g.in_use))
+                .fold(0, u32::saturating_add),
+            groups,
+            warning,
+        })
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::from("policy:");
+        if let Some(n) = self.max_sessions_per_user {
+            let then = match self.at_user_limit {
+                AtUserLimit::Refuse => "refused",
+                AtUserLimit::ReplaceOldest => "replaces the oldest",
+            };
+            out.push_str(&format!(
+                " at most {n} sessions per user (a new one beyond is {then});"
+            ));
+        }
+        out.push_str(&format!(
+            " {} seats reserved, {} of them not taken\n",
+            self.reserved, self.unfilled
+        ));
+        for g in &self.groups {
+            let max = g.max.map_or("-".to_string(), |m| m.to_string());
+            out.push_str(&format!(
+                "  group {}: reserved {}, max {max}, in use {}\n",
+                g.name, g.reserved, g.in_use
+            ));
+        }
+        if let Some(w) = &self.warning {
+            out.push_str(&format!("** WARNING: {w} **\n"));
+        }
+        out
+    }
 }
 
 /// How many denials status keeps.
@@ -408,6 +501,7 @@ impl Status {
                     expiry: l.expiry(),
                 })
                 .collect(),
+            policy: None,
         }
     }
 
@@ -533,6 +627,9 @@ impl Status {
             ));
         }
         out.push_str(&self.render_denials());
+        if let Some(p) = &self.policy {
+            out.push_str(&p.render());
+        }
         for p in &self.pools {
             out.push_str(&render_pool(p, self.now));
         }
@@ -693,5 +790,79 @@ mod tests {
         );
         c.sync.stamp = Some(StampSeen::Verified { at: now });
         assert!(!render_cloud(&c, now).contains("signed time"));
+    }
+
+    #[test]
+    fn the_policy_shows_each_group_its_use_and_a_cap_below_the_reservations() {
+        use crate::admission::protocol::{AdmitRequest, ServerRef};
+        use crate::admission::table::ServerId;
+        use crate::config::policy::Group;
+        let policy = SeatPolicy {
+            max_sessions_per_user: Some(2),
+            at_user_limit: AtUserLimit::Refuse,
+            groups: vec![
+                Group {
+                    name: "oncall".into(),
+                    users: vec!["alice".into(), "bob".into()],
+                    groups: vec![],
+                    reserved: 2,
+                    max: None,
+                },
+                Group {
+                    name: "contractors".into(),
+                    users: vec![],
+                    groups: vec!["ext".into()],
+                    reserved: 0,
+                    max: Some(5),
+                },
+            ],
+        };
+        assert_eq!(
+            PolicyStatus::build(&SeatPolicy::default(), &Table::default(), 2),
+            None
+        );
+        let mut table = Table::default();
+        let server = ServerId {
+            kind: ServerKind::Ocserv,
+            pid: 1,
+            start_ticks: 1,
+            ns_pid: 1,
+        };
+        for (key, user, group) in [("1", "alice", ""), ("2", "x", "ext"), ("3", "y", "ext")] {
+            let req = AdmitRequest {
+                key: key.into(),
+                user: user.into(),
+                server: ServerRef {
+                    kind: ServerKind::Ocserv,
+                    pid: 1,
+                },
+                remote: String::new(),
+                group: group.into(),
+            };
+            table.admit(&req, server, 32, &policy, t("2026-11-27T12:00:00Z"));
+        }
+        let p = PolicyStatus::build(&policy, &table, 32).unwrap();
+        assert_eq!((p.reserved, p.unfilled, p.warning.clone()), (2, 1, None));
+        let text = p.render();
+        assert!(text.contains("at most 2 sessions per user (a new one beyond is refused); 2 seats reserved, 1 of them not taken"), "{text}");
+        assert!(
+            text.contains("  group oncall: reserved 2, max -, in use 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  group contractors: reserved 0, max 5, in use 2\n"),
+            "{text}"
+        );
+        // The cap fell to 1, below the 2 reserved.
+        let p = PolicyStatus::build(&policy, &table, 1).unwrap();
+        let w = p.warning.clone().unwrap();
+        assert!(
+            w.starts_with("the cap in force (1) is below the 2 seats reserved"),
+            "{w}"
+        );
+        assert!(p.render().contains("** WARNING: the cap in force (1)"));
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["groups"][1]["in_use"], 2);
+        assert_eq!(json["at_user_limit"], "refuse");
     }
 }

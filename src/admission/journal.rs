@@ -327,11 +327,11 @@ mod tests {
 
     #[test]
     fn a_replacement_is_one_write_and_replays_without_a_higher_peak() {
-        use crate::config::policy::{AtUserLimit, Policy};
+        use crate::config::policy::{AtUserLimit, SeatPolicy};
         let dir = tempfile::tempdir().unwrap();
         let (mut j, mut t, _) = open(dir.path());
         admit(&mut t, &mut j, "old");
-        let policy = Policy {
+        let policy = SeatPolicy {
             max_sessions_per_user: Some(1),
             at_user_limit: AtUserLimit::ReplaceOldest,
             groups: Vec::new(),

@@ -6,20 +6,22 @@
 
 use super::protocol::DenyReason;
 use super::table::{Session, Table};
-use crate::config::policy::{AtUserLimit, Policy};
+use crate::config::policy::{AtUserLimit, SeatPolicy};
 
 /// What the policy says about a new session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// Admit it; with `replace`, in the seat of that session of the same
     /// user (its oldest), which the caller frees in the same step.
-    Admit { replace: Option<Session> },
+    Admit {
+        replace: Option<Session>,
+    },
     Deny(DenyReason),
 }
 
 /// Seats held by the members of each `[[policy.group]]` entry, in entry
 /// order, leaving out the session `except` (one about to be replaced).
-pub fn entry_usage(table: &Table, policy: &Policy, except: Option<&str>) -> Vec<u32> {
+pub fn entry_usage(table: &Table, policy: &SeatPolicy, except: Option<&str>) -> Vec<u32> {
     let mut used = vec![0u32; policy.groups.len()];
     if used.is_empty() {
         return used;
@@ -28,7 +30,10 @@ pub fn entry_usage(table: &Table, policy: &Policy, except: Option<&str>) -> Vec<
         if Some(s.key.as_str()) == except {
             continue;
         }
-        if let Some(n) = policy.entry_of(&s.user, &s.group).and_then(|e| used.get_mut(e)) {
+        if let Some(n) = policy
+            .entry_of(&s.user, &s.group)
+            .and_then(|e| used.get_mut(e))
+        {
             *n += 1;
         }
     }
@@ -40,7 +45,7 @@ pub fn entry_usage(table: &Table, policy: &Policy, except: Option<&str>) -> Vec<
 /// replace the user's oldest session: the count of seats never grows);
 /// the cap; the user's entry's `max`; and the seats other entries still
 /// have reserved, which only their own members may take.
-pub fn decide(table: &Table, cap: u32, policy: &Policy, user: &str, group: &str) -> Verdict {
+pub fn decide(table: &Table, cap: u32, policy: &SeatPolicy, user: &str, group: &str) -> Verdict {
     if cap == 0 {
         return Verdict::Deny(DenyReason::NoLicense);
     }
@@ -71,11 +76,9 @@ pub fn decide(table: &Table, cap: u32, policy: &Policy, user: &str, group: &str)
     if !policy.groups.is_empty() {
         let used = entry_usage(table, policy, replace.map(|s| s.key.as_str()));
         let mine = policy.entry_of(user, group);
-        let unfilled = policy
-            .groups
-            .iter()
-            .zip(&used)
-            .fold(0u32, |n, (g, u)| n.saturating_add(g.reserved.saturating_sub(*u)));
+        let unfilled = policy.groups.iter().zip(&used).fold(0u32, |n, (g, u)| {
+            n.saturating_add(g.reserved.saturating_sub(*u))
+        });
         let mut filling = false;
         if let Some(e) = mine {
             let (g, u) = (&policy.groups[e], used[e]);
@@ -130,7 +133,13 @@ mod tests {
         }
     }
 
-    fn group(name: &str, users: &[&str], groups: &[&str], reserved: u32, max: Option<u32>) -> Group {
+    fn group(
+        name: &str,
+        users: &[&str],
+        groups: &[&str],
+        reserved: u32,
+        max: Option<u32>,
+    ) -> Group {
         Group {
             name: name.into(),
             users: users.iter().map(|u| u.to_string()).collect(),
@@ -143,7 +152,7 @@ mod tests {
     /// Admits `key` at minute `minute`; the decision and the session it replaced.
     fn admit(
         t: &mut Table,
-        p: &Policy,
+        p: &SeatPolicy,
         cap: u32,
         key: &str,
         user: &str,
@@ -167,13 +176,16 @@ mod tests {
 
     #[test]
     fn the_docs_example_oncall_still_gets_in_at_30_of_32() {
-        let p = Policy {
+        let p = SeatPolicy {
             groups: vec![group("oncall", &["alice", "bob"], &[], 2, None)],
-            ..Policy::default()
+            ..SeatPolicy::default()
         };
         let mut t = Table::default();
         for i in 0..30 {
-            assert_eq!(admit(&mut t, &p, 32, &format!("k{i}"), &format!("u{i}"), "", 0).0, IN);
+            assert_eq!(
+                admit(&mut t, &p, 32, &format!("k{i}"), &format!("u{i}"), "", 0).0,
+                IN
+            );
         }
         assert_eq!(
             admit(&mut t, &p, 32, "k30", "carol", "", 0).0,
@@ -190,12 +202,12 @@ mod tests {
 
     #[test]
     fn members_beyond_their_reservation_count_as_everyone_else() {
-        let p = Policy {
+        let p = SeatPolicy {
             groups: vec![
                 group("oncall", &["alice"], &[], 1, None),
                 group("ops", &[], &["ops"], 2, None),
             ],
-            ..Policy::default()
+            ..SeatPolicy::default()
         };
         let mut t = Table::default();
         // cap 5, 3 reserved: 2 for everyone.
@@ -215,9 +227,9 @@ mod tests {
 
     #[test]
     fn a_group_max_caps_its_members_only() {
-        let p = Policy {
+        let p = SeatPolicy {
             groups: vec![group("contractors", &[], &["ext"], 0, Some(2))],
-            ..Policy::default()
+            ..SeatPolicy::default()
         };
         let mut t = Table::default();
         assert_eq!(admit(&mut t, &p, 9, "c1", "x", "ext", 0).0, IN);
@@ -233,9 +245,9 @@ mod tests {
 
     #[test]
     fn the_user_limit_refuses_across_servers_and_spares_nameless_sessions() {
-        let p = Policy {
+        let p = SeatPolicy {
             max_sessions_per_user: Some(2),
-            ..Policy::default()
+            ..SeatPolicy::default()
         };
         let mut t = Table::default();
         assert_eq!(admit(&mut t, &p, 9, "1", "alice", "", 0).0, IN);
@@ -263,10 +275,10 @@ mod tests {
 
     #[test]
     fn replace_oldest_frees_the_users_oldest_seat_in_the_same_step() {
-        let p = Policy {
+        let p = SeatPolicy {
             max_sessions_per_user: Some(2),
             at_user_limit: AtUserLimit::ReplaceOldest,
-            ..Policy::default()
+            ..SeatPolicy::default()
         };
         let mut t = Table::default();
         assert_eq!(admit(&mut t, &p, 3, "late", "alice", "", 5).0, IN);
@@ -292,7 +304,7 @@ mod tests {
     fn a_replacement_still_respects_other_entries_reservations() {
         // alice's old session filled oncall's seat; her new one reports a
         // group outside it... she is named by user, so it is hers again.
-        let p = Policy {
+        let p = SeatPolicy {
             max_sessions_per_user: Some(1),
             at_user_limit: AtUserLimit::ReplaceOldest,
             groups: vec![group("oncall", &["bob"], &[], 1, None)],
@@ -312,12 +324,12 @@ mod tests {
     #[test]
     fn reservations_never_raise_the_cap() {
         // 4 reserved, cap 2: members come first-come, nobody else at all.
-        let p = Policy {
+        let p = SeatPolicy {
             groups: vec![
                 group("a", &["a1", "a2"], &[], 2, None),
                 group("b", &["b1", "b2"], &[], 2, None),
             ],
-            ..Policy::default()
+            ..SeatPolicy::default()
         };
         let mut t = Table::default();
         assert_eq!(
@@ -333,7 +345,7 @@ mod tests {
     }
 
     /// Every rule, checked against the table after each step.
-    fn check(t: &Table, cap: u32, p: &Policy) -> Result<(), TestCaseError> {
+    fn check(t: &Table, cap: u32, p: &SeatPolicy) -> Result<(), TestCaseError> {
         let used = entry_usage(t, p, None);
         let in_use = t.in_use();
         prop_assert!(in_use <= cap, "in use {in_use} over cap {cap}");
@@ -369,7 +381,7 @@ mod tests {
             ext_max in prop::option::of(0u32..3),
             ops in prop::collection::vec((any::<bool>(), 0u8..16, 0usize..6, 0usize..3), 0..120),
         ) {
-            let p = Policy {
+            let p = SeatPolicy {
                 max_sessions_per_user: limit,
                 at_user_limit: if replace { AtUserLimit::ReplaceOldest } else { AtUserLimit::Refuse },
                 groups: vec![

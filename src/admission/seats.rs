@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use super::journal::Journal;
 use super::protocol::{AdmitRequest, DenyReason};
 use super::table::{Change, Decision, ServerId, Session, Table};
-use crate::config::policy::Policy;
+use crate::config::policy::SeatPolicy;
 
 /// The outcome of an admission request.
 #[derive(Debug)]
@@ -123,7 +123,7 @@ impl Seats {
         req: &AdmitRequest,
         server: ServerId,
         cap: u32,
-        policy: &Policy,
+        policy: &SeatPolicy,
         now: DateTime<Utc>,
         old_alive: impl FnOnce(&ServerId) -> bool,
     ) -> (Admission, Fault) {

@@ -109,7 +109,11 @@ mod tests {
                     ns_pid: 7,
                 },
                 since: chrono::DateTime::UNIX_EPOCH,
-                group: if i % 2 == 0 { "ops".into() } else { String::new() },
+                group: if i % 2 == 0 {
+                    "ops".into()
+                } else {
+                    String::new()
+                },
             })
             .collect();
         let mut t = Table::default().with_sessions(sessions);

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::policy::{decide, Verdict};
 use super::protocol::{AdmitRequest, DenyReason, ServerKind};
-use crate::config::policy::Policy;
+use crate::config::policy::SeatPolicy;
 
 /// A VPN server process, identified across pid reuse by its start time in
 /// clock ticks since boot (from /proc/PID/stat). `pid` is in the daemon's
@@ -132,7 +132,7 @@ impl Table {
         req: &AdmitRequest,
         server: ServerId,
         cap: u32,
-        policy: &Policy,
+        policy: &SeatPolicy,
         now: DateTime<Utc>,
     ) -> (Decision, Option<Change>, Option<Session>) {
         if self.sessions.contains_key(&req.key) {
@@ -234,7 +234,7 @@ mod tests {
     use crate::admission::protocol::ServerRef;
     use proptest::prelude::*;
 
-    const NONE: Policy = Policy {
+    const NONE: SeatPolicy = SeatPolicy {
         max_sessions_per_user: None,
         at_user_limit: crate::config::policy::AtUserLimit::Refuse,
         groups: Vec::new(),
@@ -273,7 +273,8 @@ mod tests {
         let mut t = Table::default();
         for i in 0..3 {
             assert_eq!(
-                t.admit(&req(&format!("k{i}")), server(10), 3, &NONE, now()).0,
+                t.admit(&req(&format!("k{i}")), server(10), 3, &NONE, now())
+                    .0,
                 Decision::Admitted { again: false }
             );
         }

@@ -1,6 +1,6 @@
 //! `[policy]`: who may hold which seats. A per-user session limit and
 //! `[[policy.group]]` entries that reserve seats for named users and groups
-//! or cap them. The raw serde shape and its validation into `Policy`, with
+//! or cap them. The raw serde shape and its validation into `SeatPolicy`, with
 //! every contradiction refused by key (pure). docs/policy.md explains the rules.
 
 use serde::{Deserialize, Serialize};
@@ -46,7 +46,7 @@ pub enum AtUserLimit {
 
 /// The validated `[policy]`. The default: no rule at all.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Policy {
+pub struct SeatPolicy {
     /// Sessions one user name may hold across every VPN server (None: no
     /// limit). Sessions with no user name are never limited.
     pub max_sessions_per_user: Option<u32>,
@@ -67,7 +67,7 @@ pub struct Group {
     pub max: Option<u32>,
 }
 
-impl Policy {
+impl SeatPolicy {
     /// True when no rule is set: admission is the cap alone.
     pub fn is_empty(&self) -> bool {
         self.max_sessions_per_user.is_none() && self.groups.is_empty()
@@ -96,7 +96,7 @@ impl Policy {
 }
 
 /// Validates `[policy]`, adding each contradiction to `problems`.
-pub(super) fn validate(raw: RawPolicy, problems: &mut Vec<Problem>) -> Policy {
+pub(super) fn validate(raw: RawPolicy, problems: &mut Vec<Problem>) -> SeatPolicy {
     if raw.max_sessions_per_user == Some(0) {
         problems.push(problem(
             "policy.max_sessions_per_user",
@@ -157,7 +157,10 @@ pub(super) fn validate(raw: RawPolicy, problems: &mut Vec<Problem>) -> Policy {
             if n.is_some_and(|n| n > MAX_SEATS) {
                 problems.push(problem(
                     &key(k),
-                    format!("{} seats is more than any gateway has; use at most {MAX_SEATS}", n.unwrap_or(0)),
+                    format!(
+                        "{} seats is more than any gateway has; use at most {MAX_SEATS}",
+                        n.unwrap_or(0)
+                    ),
                 ));
             }
         }
@@ -175,7 +178,7 @@ pub(super) fn validate(raw: RawPolicy, problems: &mut Vec<Problem>) -> Policy {
             max: g.max,
         });
     }
-    Policy {
+    SeatPolicy {
         max_sessions_per_user: raw.max_sessions_per_user,
         at_user_limit: raw.at_user_limit.unwrap_or_default(),
         groups,
@@ -188,7 +191,7 @@ mod tests {
 
     use super::*;
 
-    fn parse(policy: &str) -> Result<Policy, Vec<String>> {
+    fn parse(policy: &str) -> Result<SeatPolicy, Vec<String>> {
         super::super::parse(&format!("device = \"D\"\n{policy}"), Path::new("/"))
             .map(|c| c.policy)
             .map_err(|ps| ps.iter().map(|p| p.to_string()).collect())

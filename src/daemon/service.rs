@@ -181,7 +181,9 @@ impl Shared {
         let mono = Instant::now();
         let cap = state.cap(now, mono);
         let (admission, fault) = match server {
-            Some(server) => state.seats.admit(req, server, cap, &config.policy, now, alive),
+            Some(server) => state
+                .seats
+                .admit(req, server, cap, &config.policy, now, alive),
             None => (state.seats.deny(DenyReason::UnknownServer, cap), None),
         };
         let mut first_at_cap = false;
@@ -300,7 +302,10 @@ impl Shared {
                 tokio::task::spawn_blocking(move || {
                     let (started, cpu) = (Instant::now(), process::thread_cpu_time());
                     let write = |line: &mut Vec<u8>| {
-                        let status = self.peek().status(Utc::now(), Instant::now());
+                        let config = self.config();
+                        let status = self
+                            .peek()
+                            .status(Utc::now(), Instant::now(), &config.policy);
                         serde_json::to_writer(&mut *line, &status)
                             .expect("a status always serialises");
                         // Only a large table is ever served stale for a while.
