@@ -167,7 +167,7 @@ impl PolicyStatus {
         if let Some(n) = self.max_sessions_per_user {
             let then = match self.at_user_limit {
                 AtUserLimit::Refuse => "refused",
-                AtUserLimit::ReplaceOldest => "replaces the oldest",
+                AtUserLimit::ReplaceOldest => "admitted in place of the user's oldest",
             };
             out.push_str(&format!(
                 " at most {n} sessions per user (a new one beyond is {then});"

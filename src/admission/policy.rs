@@ -43,8 +43,10 @@ pub fn entry_usage(table: &Table, policy: &SeatPolicy, except: Option<&str>) -> 
 /// Decides a new session of `user` reporting `group` against `cap`.
 /// Rules, in order: no seats at all; the user's session limit (refuse, or
 /// replace the user's oldest session: the count of seats never grows);
-/// the cap; the user's entry's `max`; and the seats other entries still
-/// have reserved, which only their own members may take.
+/// the user's entry's `max`; the cap; and the seats entries still have
+/// reserved, which only their own members may take. The user's own limits
+/// come before the cap, so the reason given is the one that holds
+/// whatever the usage.
 pub fn decide(table: &Table, cap: u32, policy: &SeatPolicy, user: &str, group: &str) -> Verdict {
     if cap == 0 {
         return Verdict::Deny(DenyReason::NoLicense);
@@ -64,6 +66,18 @@ pub fn decide(table: &Table, cap: u32, policy: &SeatPolicy, user: &str, group: &
             return Verdict::Deny(DenyReason::UserLimit);
         }
     }
+    // The user's own rules first: they refuse whatever the usage.
+    let except = replace.map(|s| s.key.as_str());
+    let used = entry_usage(table, policy, except);
+    let mine = policy.entry_of(user, group);
+    let mut filling = false;
+    if let Some(e) = mine {
+        let (g, u) = (&policy.groups[e], used[e]);
+        if g.max.is_some_and(|max| u >= max) {
+            return Verdict::Deny(DenyReason::GroupLimit);
+        }
+        filling = u < g.reserved;
+    }
     // With a replacement the new session takes the freed seat.
     let in_use = table.in_use() - u32::from(replace.is_some());
     if in_use >= cap {
@@ -73,25 +87,13 @@ pub fn decide(table: &Table, cap: u32, policy: &SeatPolicy, user: &str, group: &
             DenyReason::CapReached
         });
     }
-    if !policy.groups.is_empty() {
-        let used = entry_usage(table, policy, replace.map(|s| s.key.as_str()));
-        let mine = policy.entry_of(user, group);
-        let unfilled = policy.groups.iter().zip(&used).fold(0u32, |n, (g, u)| {
-            n.saturating_add(g.reserved.saturating_sub(*u))
-        });
-        let mut filling = false;
-        if let Some(e) = mine {
-            let (g, u) = (&policy.groups[e], used[e]);
-            if g.max.is_some_and(|max| u >= max) {
-                return Verdict::Deny(DenyReason::GroupLimit);
-            }
-            filling = u < g.reserved;
-        }
-        // A member filling its own entry's reservation takes one of the
-        // unfilled seats; anyone else must leave all of them free.
-        if !filling && in_use.saturating_add(1).saturating_add(unfilled) > cap {
-            return Verdict::Deny(DenyReason::Reserved);
-        }
+    let unfilled = policy.groups.iter().zip(&used).fold(0u32, |n, (g, u)| {
+        n.saturating_add(g.reserved.saturating_sub(*u))
+    });
+    // A member filling its own entry's reservation takes one of the
+    // unfilled seats; anyone else must leave all of them free.
+    if !filling && in_use.saturating_add(1).saturating_add(unfilled) > cap {
+        return Verdict::Deny(DenyReason::Reserved);
     }
     Verdict::Admit {
         replace: replace.cloned(),

@@ -412,10 +412,9 @@ fn deny_message(reason: DenyReason, cap: u32, in_use: u32) -> String {
             "this user holds as many sessions as one user may ([policy] max_sessions_per_user)"
                 .into()
         }
-        DenyReason::Reserved => format!(
-            "the {} free seats are reserved for other users ([[policy.group]] reserved)",
-            cap.saturating_sub(in_use)
-        ),
+        DenyReason::Reserved => {
+            "every free seat is reserved for other users ([[policy.group]] reserved)".into()
+        }
         DenyReason::GroupLimit => {
             "this user's group holds all the seats it may ([[policy.group]] max)".into()
         }

@@ -85,6 +85,7 @@ pub struct ConfigBuilder {
     admission: String,
     cloud: Option<Cloud>,
     reconcile: Vec<String>,
+    policy: String,
 }
 
 /// A `[cloud]` section: where and as whom, and how fast to poll.
@@ -109,6 +110,7 @@ impl ConfigBuilder {
             admission: String::new(),
             cloud: None,
             reconcile: Vec::new(),
+            policy: String::new(),
         }
     }
 
@@ -148,6 +150,13 @@ impl ConfigBuilder {
         self
     }
 
+    /// `[policy]` and `[[policy.group]]` lines, as they go in the file.
+    pub fn policy(mut self, text: &str) -> Self {
+        self.policy.push_str(text);
+        self.policy.push('\n');
+        self
+    }
+
     pub fn build(&self) -> String {
         let mut t = format!("device = \"{}\"\n", self.device);
         if let Some(level) = &self.log_level {
@@ -176,7 +185,7 @@ impl ConfigBuilder {
         for r in &self.reconcile {
             t += &format!("[[reconcile]]\n{r}\n");
         }
-        t
+        t + &self.policy
     }
 
     pub fn write(&self, path: &Path) {
