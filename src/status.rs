@@ -362,6 +362,9 @@ pub struct SessionInfo {
     pub server: ServerKind,
     pub server_pid: u32,
     pub since: DateTime<Utc>,
+    /// The group the VPN server reported (`[policy]`); empty: none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub group: String,
 }
 
 fn when(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
@@ -445,6 +448,7 @@ impl Status {
                 server: s.server.kind,
                 server_pid: s.server.pid,
                 since: s.since,
+                group: s.group.clone(),
             })
             .collect();
         sessions.sort_by(|a, b| (a.since, &a.key).cmp(&(b.since, &b.key)));

@@ -530,11 +530,21 @@ pub struct Ocserv {
 
 impl Ocserv {
     pub fn start(ns: &Netns, users: usize, hook: &str, socket: &Path) -> Ocserv {
+        Self::start_with_groups(ns, &vec![""; users], hook, socket)
+    }
+
+    /// The same with user N (from 1) in the plain-auth group `groups[N-1]`
+    /// ("" for none): ocserv then reports it as GROUPNAME.
+    pub fn start_with_groups(ns: &Netns, groups: &[&str], hook: &str, socket: &Path) -> Ocserv {
         let dir = ns.dir.path().to_string_lossy().into_owned();
         let mut mk = Command::new(vpn_dir().join("mkocpasswd.sh"));
         mk.arg(ns.path("ocpasswd"));
-        for i in 1..=users {
-            mk.arg(format!("user{i}:pass{i}"));
+        for (i, g) in groups.iter().enumerate() {
+            let i = i + 1;
+            match *g {
+                "" => mk.arg(format!("user{i}:pass{i}")),
+                g => mk.arg(format!("user{i}:pass{i}:{g}")),
+            };
         }
         assert!(mk.status().unwrap().success(), "mkocpasswd.sh failed");
         // ocserv.conf takes the script path without arguments: a wrapper.

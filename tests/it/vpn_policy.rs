@@ -197,3 +197,35 @@ fn openvpn_a_reserved_seat_stays_free_for_its_group_when_the_gateway_is_otherwis
     assert_eq!((p.unfilled, p.groups[0].in_use), (0, 1));
     assert!(d.status().sessions.iter().any(|s| s.user == "client4"));
 }
+
+#[test]
+fn ocserv_a_group_reservation_through_groupname() {
+    let ns = Netns::new(1);
+    let gw = Gateway::new(1); // cap 3
+    gw.write(
+        &gw.config()
+            .policy("[[policy.group]]\nname = \"ops\"\ngroups = [\"ops\"]\nreserved = 1\n"),
+    );
+    let d = gw.start();
+    let _server = Ocserv::start_with_groups(
+        &ns,
+        &["", "", "", "ops"],
+        &format!("{} hook ocserv", bin()),
+        &gw.socket(),
+    );
+    let connected = |p: &Proc| p.wait_log(&["Configured as", "Cookie was rejected"], CONNECT) == 0;
+    let u1 = openconnect(&ns, 1, "a");
+    assert!(connected(&u1), "{}", u1.log_text());
+    let u2 = openconnect(&ns, 2, "a");
+    assert!(connected(&u2), "{}", u2.log_text());
+    let u3 = openconnect(&ns, 3, "a");
+    assert!(!connected(&u3), "{}", u3.log_text());
+    assert_eq!(denied(&d, "reserved"), 1);
+    let u4 = openconnect(&ns, 4, "a");
+    assert!(connected(&u4), "{}", u4.log_text());
+    let st = d.status();
+    assert_eq!(st.in_use, 3);
+    let ops = st.sessions.iter().find(|s| s.user == "user4").unwrap();
+    assert_eq!(ops.group, "ops");
+    assert_eq!(st.policy.unwrap().groups[0].in_use, 1);
+}
