@@ -229,3 +229,34 @@ fn ocserv_a_group_reservation_through_groupname() {
     assert_eq!(ops.group, "ops");
     assert_eq!(st.policy.unwrap().groups[0].in_use, 1);
 }
+
+#[test]
+fn openvpn_plugin_reads_the_group_from_its_group_var_argument() {
+    let ns = Netns::new(3);
+    let gw = Gateway::new(0); // cap 2
+    gw.write(
+        &gw.config()
+            .policy("[[policy.group]]\nname = \"oncall\"\ngroups = [\"client2\"]\nreserved = 1\n"),
+    );
+    let d = gw.start();
+    let server =
+        OpenvpnServer::start_plugin(&ns, &seatgate_plugin(&gw.socket(), "group_var=common_name"));
+    assert!(server.proc.log_text().contains("on_error=reject group_var=common_name"));
+    let c1 = openvpn_client(&ns, 1, "");
+    assert_eq!(outcome(&c1, CONNECT), Outcome::Connected);
+    // One seat free, and it is client2's.
+    let c3 = openvpn_client(&ns, 3, "");
+    assert_eq!(outcome(&c3, CONNECT), Outcome::AuthFailed);
+    assert_eq!(denied(&d, "reserved"), 1);
+    let c2 = openvpn_client(&ns, 2, "");
+    assert_eq!(
+        outcome(&c2, CONNECT),
+        Outcome::Connected,
+        "{}",
+        server.proc.log_text()
+    );
+    let st = d.status();
+    assert_eq!(st.in_use, 2);
+    let s = st.sessions.iter().find(|s| s.user == "client2").unwrap();
+    assert_eq!(s.group, "client2");
+}
