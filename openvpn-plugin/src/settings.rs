@@ -17,8 +17,8 @@ pub struct Settings {
     /// How long OpenVPN's thread may wait for a quick answer before it
     /// defers the verdict (0: always defer). See docs/openvpn.md.
     pub wait: Duration,
-    /// The variable holding the user's group for `[policy]` (as the script
-    /// hook's SEATGATE_GROUP_VAR; which the plugin also honours).
+    /// The variable holding the user's group for `[policy]` (the script
+    /// hook's `setenv SEATGATE_GROUP_VAR`).
     pub group_var: Option<String>,
 }
 

@@ -367,6 +367,12 @@ mod tests {
                 group: String::new(),
             })
         );
+        let grouped =
+            br#"{"v":1,"op":"admit","key":"k1","server":{"kind":"ocserv","pid":4},"group":"ops"}"#;
+        match decode(grouped).unwrap() {
+            Request::Admit(a) => assert_eq!((a.user.as_str(), a.group.as_str()), ("", "ops")),
+            other => panic!("admit expected: {other:?}"),
+        }
         assert_eq!(
             decode(br#"{"v":1,"op":"release","key":"k1"}"#).unwrap(),
             Request::Release { key: "k1".into() }

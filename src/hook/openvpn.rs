@@ -83,6 +83,24 @@ mod tests {
     }
 
     #[test]
+    fn the_group_is_the_variable_seatgate_group_var_names() {
+        let mut env = sample(include_str!(
+            "../../tests/vpn/env-samples/openvpn-client-connect-admitted.env"
+        ));
+        let group = |env: &HashMap<String, String>| match action(env).unwrap() {
+            Action::Connect(r) => r.group,
+            other => panic!("connect expected: {other:?}"),
+        };
+        assert_eq!(group(&env), "", "no variable named: no group");
+        env.insert(GROUP_VAR.into(), "X509_0_OU".into());
+        assert_eq!(group(&env), "", "the named variable is unset");
+        env.insert("X509_0_OU".into(), "ops".into());
+        assert_eq!(group(&env), "ops");
+        env.insert(GROUP_VAR.into(), "common_name".into());
+        assert_eq!(group(&env), "client1");
+    }
+
+    #[test]
     fn rejected_client_disconnect_has_its_own_key() {
         let rejected = action(&sample(include_str!(
             "../../tests/vpn/env-samples/openvpn-client-connect-rejected.env"

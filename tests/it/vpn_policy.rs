@@ -241,7 +241,10 @@ fn openvpn_plugin_reads_the_group_from_its_group_var_argument() {
     let d = gw.start();
     let server =
         OpenvpnServer::start_plugin(&ns, &seatgate_plugin(&gw.socket(), "group_var=common_name"));
-    assert!(server.proc.log_text().contains("on_error=reject group_var=common_name"));
+    assert!(server
+        .proc
+        .log_text()
+        .contains("on_error=reject group_var=common_name"));
     let c1 = openvpn_client(&ns, 1, "");
     assert_eq!(outcome(&c1, CONNECT), Outcome::Connected);
     // One seat free, and it is client2's.
