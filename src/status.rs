@@ -801,10 +801,10 @@ mod tests {
         use crate::admission::protocol::{AdmitRequest, ServerRef};
         use crate::admission::table::ServerId;
         use crate::config::policy::Group;
-        let policy = SeatPolicy {
-            max_sessions_per_user: Some(2),
-            at_user_limit: AtUserLimit::Refuse,
-            groups: vec![
+        let policy = SeatPolicy::new(
+            Some(2),
+            AtUserLimit::Refuse,
+            vec![
                 Group {
                     name: "oncall".into(),
                     users: vec!["alice".into(), "bob".into()],
@@ -820,7 +820,7 @@ mod tests {
                     max: Some(5),
                 },
             ],
-        };
+        );
         assert_eq!(
             PolicyStatus::build(&SeatPolicy::default(), &Table::default(), 2),
             None

@@ -331,11 +331,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut j, mut t, _) = open(dir.path());
         admit(&mut t, &mut j, "old");
-        let policy = SeatPolicy {
-            max_sessions_per_user: Some(1),
-            at_user_limit: AtUserLimit::ReplaceOldest,
-            groups: Vec::new(),
-        };
+        let policy = SeatPolicy::new(Some(1), AtUserLimit::ReplaceOldest, Vec::new());
         let req = AdmitRequest {
             key: "new".into(),
             user: "u".into(),

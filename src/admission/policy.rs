@@ -51,24 +51,44 @@ pub fn decide(table: &Table, cap: u32, policy: &SeatPolicy, user: &str, group: &
     if cap == 0 {
         return Verdict::Deny(DenyReason::NoLicense);
     }
-    let mut replace: Option<&Session> = None;
-    if let Some(limit) = policy.max_sessions_per_user.filter(|_| !user.is_empty()) {
-        let mut held = 0u32;
-        for s in table.sessions().filter(|s| s.user == user) {
-            held += 1;
-            if replace.is_none_or(|o| (s.since, s.instance) < (o.since, o.instance)) {
-                replace = Some(s);
+    let limit = policy.max_sessions_per_user.filter(|_| !user.is_empty());
+    // One pass over the sessions (this runs under the state's lock): the
+    // user's sessions and oldest one, and each entry's seats.
+    let mut used = vec![0u32; policy.groups.len()];
+    let (mut held, mut oldest) = (0u32, None::<&Session>);
+    if limit.is_some() || !used.is_empty() {
+        for s in table.sessions() {
+            if limit.is_some() && s.user == user {
+                held += 1;
+                if oldest.is_none_or(|o| (s.since, s.instance) < (o.since, o.instance)) {
+                    oldest = Some(s);
+                }
+            }
+            if let Some(n) = policy
+                .entry_of(&s.user, &s.group)
+                .and_then(|e| used.get_mut(e))
+            {
+                *n += 1;
             }
         }
-        if held < limit {
-            replace = None;
-        } else if policy.at_user_limit == AtUserLimit::Refuse {
+    }
+    let mut replace = None;
+    if limit.is_some_and(|l| held >= l) {
+        if policy.at_user_limit == AtUserLimit::Refuse {
             return Verdict::Deny(DenyReason::UserLimit);
+        }
+        replace = oldest;
+    }
+    // The seats as they are once the replaced session is gone.
+    if let Some(r) = replace {
+        if let Some(n) = policy
+            .entry_of(&r.user, &r.group)
+            .and_then(|e| used.get_mut(e))
+        {
+            *n = n.saturating_sub(1);
         }
     }
     // The user's own rules first: they refuse whatever the usage.
-    let except = replace.map(|s| s.key.as_str());
-    let used = entry_usage(table, policy, except);
     let mine = policy.entry_of(user, group);
     let mut filling = false;
     if let Some(e) = mine {
@@ -178,10 +198,11 @@ mod tests {
 
     #[test]
     fn the_docs_example_oncall_still_gets_in_at_30_of_32() {
-        let p = SeatPolicy {
-            groups: vec![group("oncall", &["alice", "bob"], &[], 2, None)],
-            ..SeatPolicy::default()
-        };
+        let p = SeatPolicy::new(
+            None,
+            AtUserLimit::Refuse,
+            vec![group("oncall", &["alice", "bob"], &[], 2, None)],
+        );
         let mut t = Table::default();
         for i in 0..30 {
             assert_eq!(
@@ -204,13 +225,14 @@ mod tests {
 
     #[test]
     fn members_beyond_their_reservation_count_as_everyone_else() {
-        let p = SeatPolicy {
-            groups: vec![
+        let p = SeatPolicy::new(
+            None,
+            AtUserLimit::Refuse,
+            vec![
                 group("oncall", &["alice"], &[], 1, None),
                 group("ops", &[], &["ops"], 2, None),
             ],
-            ..SeatPolicy::default()
-        };
+        );
         let mut t = Table::default();
         // cap 5, 3 reserved: 2 for everyone.
         assert_eq!(admit(&mut t, &p, 5, "a1", "alice", "", 0).0, IN);
@@ -229,10 +251,11 @@ mod tests {
 
     #[test]
     fn a_group_max_caps_its_members_only() {
-        let p = SeatPolicy {
-            groups: vec![group("contractors", &[], &["ext"], 0, Some(2))],
-            ..SeatPolicy::default()
-        };
+        let p = SeatPolicy::new(
+            None,
+            AtUserLimit::Refuse,
+            vec![group("contractors", &[], &["ext"], 0, Some(2))],
+        );
         let mut t = Table::default();
         assert_eq!(admit(&mut t, &p, 9, "c1", "x", "ext", 0).0, IN);
         assert_eq!(admit(&mut t, &p, 9, "c2", "y", "ext", 0).0, IN);
@@ -247,10 +270,7 @@ mod tests {
 
     #[test]
     fn the_user_limit_refuses_across_servers_and_spares_nameless_sessions() {
-        let p = SeatPolicy {
-            max_sessions_per_user: Some(2),
-            ..SeatPolicy::default()
-        };
+        let p = SeatPolicy::new(Some(2), AtUserLimit::Refuse, Vec::new());
         let mut t = Table::default();
         assert_eq!(admit(&mut t, &p, 9, "1", "alice", "", 0).0, IN);
         let other = ServerId {
@@ -277,11 +297,7 @@ mod tests {
 
     #[test]
     fn replace_oldest_frees_the_users_oldest_seat_in_the_same_step() {
-        let p = SeatPolicy {
-            max_sessions_per_user: Some(2),
-            at_user_limit: AtUserLimit::ReplaceOldest,
-            ..SeatPolicy::default()
-        };
+        let p = SeatPolicy::new(Some(2), AtUserLimit::ReplaceOldest, Vec::new());
         let mut t = Table::default();
         assert_eq!(admit(&mut t, &p, 3, "late", "alice", "", 5).0, IN);
         assert_eq!(admit(&mut t, &p, 3, "early", "alice", "", 1).0, IN);
@@ -306,11 +322,11 @@ mod tests {
     fn a_replacement_still_respects_other_entries_reservations() {
         // alice's old session filled oncall's seat; her new one reports a
         // group outside it... she is named by user, so it is hers again.
-        let p = SeatPolicy {
-            max_sessions_per_user: Some(1),
-            at_user_limit: AtUserLimit::ReplaceOldest,
-            groups: vec![group("oncall", &["bob"], &[], 1, None)],
-        };
+        let p = SeatPolicy::new(
+            Some(1),
+            AtUserLimit::ReplaceOldest,
+            vec![group("oncall", &["bob"], &[], 1, None)],
+        );
         let mut t = Table::default();
         assert_eq!(admit(&mut t, &p, 2, "a", "alice", "", 0).0, IN);
         // One seat left and it is bob's: alice's replacement takes her own.
@@ -326,13 +342,14 @@ mod tests {
     #[test]
     fn reservations_never_raise_the_cap() {
         // 4 reserved, cap 2: members come first-come, nobody else at all.
-        let p = SeatPolicy {
-            groups: vec![
+        let p = SeatPolicy::new(
+            None,
+            AtUserLimit::Refuse,
+            vec![
                 group("a", &["a1", "a2"], &[], 2, None),
                 group("b", &["b1", "b2"], &[], 2, None),
             ],
-            ..SeatPolicy::default()
-        };
+        );
         let mut t = Table::default();
         assert_eq!(
             admit(&mut t, &p, 2, "x", "x", "", 0).0,
@@ -383,15 +400,11 @@ mod tests {
             ext_max in prop::option::of(0u32..3),
             ops in prop::collection::vec((any::<bool>(), 0u8..16, 0usize..6, 0usize..3), 0..120),
         ) {
-            let p = SeatPolicy {
-                max_sessions_per_user: limit,
-                at_user_limit: if replace { AtUserLimit::ReplaceOldest } else { AtUserLimit::Refuse },
-                groups: vec![
+            let p = SeatPolicy::new(limit, if replace { AtUserLimit::ReplaceOldest } else { AtUserLimit::Refuse }, vec![
                     group("oncall", &["alice"], &[], oncall_reserved, None),
                     group("ops", &["bob"], &["ops"], ops_reserved, None),
                     group("ext", &[], &["ext"], 0, ext_max),
-                ],
-            };
+                ]);
             let mut t = Table::default();
             for (minute, (is_admit, k, u, g)) in ops.into_iter().enumerate() {
                 let key = format!("k{k}");

@@ -234,12 +234,6 @@ mod tests {
     use crate::admission::protocol::ServerRef;
     use proptest::prelude::*;
 
-    const NONE: SeatPolicy = SeatPolicy {
-        max_sessions_per_user: None,
-        at_user_limit: crate::config::policy::AtUserLimit::Refuse,
-        groups: Vec::new(),
-    };
-
     fn now() -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2026-11-27T12:00:00Z")
             .unwrap()
@@ -273,13 +267,20 @@ mod tests {
         let mut t = Table::default();
         for i in 0..3 {
             assert_eq!(
-                t.admit(&req(&format!("k{i}")), server(10), 3, &NONE, now())
-                    .0,
+                t.admit(
+                    &req(&format!("k{i}")),
+                    server(10),
+                    3,
+                    &SeatPolicy::default(),
+                    now()
+                )
+                .0,
                 Decision::Admitted { again: false }
             );
         }
         assert_eq!(
-            t.admit(&req("k3"), server(10), 3, &NONE, now()).0,
+            t.admit(&req("k3"), server(10), 3, &SeatPolicy::default(), now())
+                .0,
             Decision::Denied(DenyReason::CapReached)
         );
         assert_eq!(t.in_use(), 3);
@@ -293,7 +294,13 @@ mod tests {
         let day = |d: i64| now() + chrono::Duration::days(d);
         for d in 0..40i64 {
             for i in 0..(d % 5 + 1) {
-                t.admit(&req(&format!("d{d}-{i}")), server(10), 100, &NONE, day(d));
+                t.admit(
+                    &req(&format!("d{d}-{i}")),
+                    server(10),
+                    100,
+                    &SeatPolicy::default(),
+                    day(d),
+                );
             }
             for i in 0..(d % 5 + 1) {
                 t.release(&format!("d{d}-{i}"));
@@ -308,8 +315,8 @@ mod tests {
     #[test]
     fn repeated_admit_does_not_count_twice() {
         let mut t = Table::default();
-        t.admit(&req("k"), server(10), 1, &NONE, now());
-        let (d, change, _) = t.admit(&req("k"), server(10), 1, &NONE, now());
+        t.admit(&req("k"), server(10), 1, &SeatPolicy::default(), now());
+        let (d, change, _) = t.admit(&req("k"), server(10), 1, &SeatPolicy::default(), now());
         assert_eq!(d, Decision::Admitted { again: true });
         assert_eq!(change, None);
         assert_eq!(t.in_use(), 1);
@@ -318,10 +325,11 @@ mod tests {
     #[test]
     fn releasing_unknown_keys_changes_nothing() {
         let mut t = Table::default();
-        t.admit(&req("k"), server(10), 2, &NONE, now());
+        t.admit(&req("k"), server(10), 2, &SeatPolicy::default(), now());
         // A rejected client's disconnect: its key never got a seat.
         assert_eq!(
-            t.admit(&req("k2"), server(10), 1, &NONE, now()).0,
+            t.admit(&req("k2"), server(10), 1, &SeatPolicy::default(), now())
+                .0,
             Decision::Denied(DenyReason::CapReached)
         );
         assert!(t.release("k2").is_none());
@@ -332,23 +340,32 @@ mod tests {
     fn over_cap_drains() {
         let mut t = Table::default();
         for i in 0..5 {
-            t.admit(&req(&format!("k{i}")), server(10), 5, &NONE, now());
+            t.admit(
+                &req(&format!("k{i}")),
+                server(10),
+                5,
+                &SeatPolicy::default(),
+                now(),
+            );
         }
         // The cap dropped to 2: existing sessions stay, new ones wait.
         assert_eq!(
-            t.admit(&req("new"), server(10), 2, &NONE, now()).0,
+            t.admit(&req("new"), server(10), 2, &SeatPolicy::default(), now())
+                .0,
             Decision::Denied(DenyReason::OverCap)
         );
         for i in 0..3 {
             t.release(&format!("k{i}"));
         }
         assert_eq!(
-            t.admit(&req("new"), server(10), 2, &NONE, now()).0,
+            t.admit(&req("new"), server(10), 2, &SeatPolicy::default(), now())
+                .0,
             Decision::Denied(DenyReason::CapReached)
         );
         t.release("k3");
         assert_eq!(
-            t.admit(&req("new"), server(10), 2, &NONE, now()).0,
+            t.admit(&req("new"), server(10), 2, &SeatPolicy::default(), now())
+                .0,
             Decision::Admitted { again: false }
         );
     }
@@ -357,7 +374,8 @@ mod tests {
     fn zero_cap_is_no_license() {
         let mut t = Table::default();
         assert_eq!(
-            t.admit(&req("k"), server(10), 0, &NONE, now()).0,
+            t.admit(&req("k"), server(10), 0, &SeatPolicy::default(), now())
+                .0,
             Decision::Denied(DenyReason::NoLicense)
         );
     }
@@ -365,9 +383,9 @@ mod tests {
     #[test]
     fn dead_server_releases_only_its_sessions() {
         let mut t = Table::default();
-        t.admit(&req("a"), server(10), 9, &NONE, now());
-        t.admit(&req("b"), server(10), 9, &NONE, now());
-        t.admit(&req("c"), server(11), 9, &NONE, now());
+        t.admit(&req("a"), server(10), 9, &SeatPolicy::default(), now());
+        t.admit(&req("b"), server(10), 9, &SeatPolicy::default(), now());
+        t.admit(&req("c"), server(11), 9, &SeatPolicy::default(), now());
         assert_eq!(t.servers(), vec![server(10), server(11)]);
         let freed = t.release_server(server(10));
         assert_eq!(freed.len(), 2);
@@ -388,7 +406,7 @@ mod tests {
             for (is_admit, k) in ops {
                 let key = format!("k{k}");
                 if is_admit {
-                    let (_, change, _) = t.admit(&req(&key), server(10), cap, &NONE, now());
+                    let (_, change, _) = t.admit(&req(&key), server(10), cap, &SeatPolicy::default(), now());
                     log.extend(change);
                 } else if let Some((_, change)) = t.release(&key) {
                     log.push(change);

@@ -3,6 +3,8 @@
 //! or cap them. The raw serde shape and its validation into `SeatPolicy`, with
 //! every contradiction refused by key (pure). docs/policy.md explains the rules.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::{problem, Problem};
@@ -44,14 +46,18 @@ pub enum AtUserLimit {
     ReplaceOldest,
 }
 
-/// The validated `[policy]`. The default: no rule at all.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The validated `[policy]`. The default: no rule at all. Made by `new`,
+/// which indexes the entries' names: admissions look every session up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SeatPolicy {
     /// Sessions one user name may hold across every VPN server (None: no
     /// limit). Sessions with no user name are never limited.
     pub max_sessions_per_user: Option<u32>,
     pub at_user_limit: AtUserLimit,
     pub groups: Vec<Group>,
+    /// The entry naming each user, and each group.
+    by_user: HashMap<String, usize>,
+    by_group: HashMap<String, usize>,
 }
 
 /// One `[[policy.group]]`: its members are the sessions whose user name is
@@ -68,23 +74,41 @@ pub struct Group {
 }
 
 impl SeatPolicy {
+    pub fn new(
+        max_sessions_per_user: Option<u32>,
+        at_user_limit: AtUserLimit,
+        groups: Vec<Group>,
+    ) -> SeatPolicy {
+        let (mut by_user, mut by_group) = (HashMap::new(), HashMap::new());
+        for (i, g) in groups.iter().enumerate() {
+            for u in &g.users {
+                by_user.entry(u.clone()).or_insert(i);
+            }
+            for n in &g.groups {
+                by_group.entry(n.clone()).or_insert(i);
+            }
+        }
+        SeatPolicy {
+            max_sessions_per_user,
+            at_user_limit,
+            groups,
+            by_user,
+            by_group,
+        }
+    }
+
     /// True when no rule is set: admission is the cap alone.
     pub fn is_empty(&self) -> bool {
         self.max_sessions_per_user.is_none() && self.groups.is_empty()
     }
 
     /// The entry a session of `user` reporting `group` belongs to: the one
-    /// naming the user, else the one naming the group.
+    /// naming the user, else the one naming the group. Empty names are in none.
     pub fn entry_of(&self, user: &str, group: &str) -> Option<usize> {
-        let named = |f: fn(&Group) -> &Vec<String>, name: &str| {
-            if name.is_empty() {
-                return None;
-            }
-            self.groups
-                .iter()
-                .position(|g| f(g).iter().any(|n| n == name))
+        let find = |map: &HashMap<String, usize>, name: &str| {
+            (!name.is_empty()).then(|| map.get(name)).flatten().copied()
         };
-        named(|g| &g.users, user).or_else(|| named(|g| &g.groups, group))
+        find(&self.by_user, user).or_else(|| find(&self.by_group, group))
     }
 
     /// Seats reserved by every entry together.
@@ -178,11 +202,11 @@ pub(super) fn validate(raw: RawPolicy, problems: &mut Vec<Problem>) -> SeatPolic
             max: g.max,
         });
     }
-    SeatPolicy {
-        max_sessions_per_user: raw.max_sessions_per_user,
-        at_user_limit: raw.at_user_limit.unwrap_or_default(),
+    SeatPolicy::new(
+        raw.max_sessions_per_user,
+        raw.at_user_limit.unwrap_or_default(),
         groups,
-    }
+    )
 }
 
 #[cfg(test)]
