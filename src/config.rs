@@ -37,8 +37,6 @@ struct RawConfig {
     cloud: Option<RawCloud>,
     #[serde(default)]
     alerts: RawAlerts,
-    #[serde(default)]
-    policy: policy::RawPolicy,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -260,7 +258,7 @@ fn problem(key: &str, message: impl Into<String>) -> Problem {
 /// Parses and validates config text. Relative paths are taken relative to
 /// `base` (the config file's directory). Returns every problem found.
 pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<Problem>> {
-    let (raw, mut problems, left_out) = keys::read::<RawConfig>(text)?;
+    let (raw, mut problems, left_out, policy) = keys::read::<RawConfig>(text, "policy")?;
     let device = match raw.device {
         Some(d) if valid_serial(&d) => d,
         Some(d) => {
@@ -356,7 +354,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<Problem>> {
             Thresholds::default()
         }
     };
-    let policy = policy::validate(raw.policy, &mut problems);
+    let policy = policy::read(policy, text, &mut problems);
     let config = Config {
         device,
         builtin_seats: raw.builtin_seats.unwrap_or(2),

@@ -1,38 +1,18 @@
 //! `[policy]`: who may hold which seats. A per-user session limit and
 //! `[[policy.group]]` entries that reserve seats for named users and groups
-//! or cap them. The raw serde shape and its validation into `SeatPolicy`, with
-//! every contradiction refused by key (pure). docs/policy.md explains the rules.
-
-use std::collections::HashMap;
+//! or cap them. Read from the TOML value by hand (a serde shape costs the
+//! gateway's flash more) into `SeatPolicy`, with every wrong key and every
+//! contradiction reported by key (pure). docs/policy.md explains the rules.
 
 use serde::{Deserialize, Serialize};
+use toml::Value;
 
+use super::keys::locate;
 use super::{problem, Problem};
 
 /// The most seats one entry may reserve or be capped at (as many as the
 /// largest license may have).
 pub const MAX_SEATS: u32 = 100_000;
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawPolicy {
-    max_sessions_per_user: Option<u32>,
-    at_user_limit: Option<AtUserLimit>,
-    #[serde(default)]
-    group: Vec<RawGroup>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawGroup {
-    name: Option<String>,
-    #[serde(default)]
-    users: Vec<String>,
-    #[serde(default)]
-    groups: Vec<String>,
-    reserved: Option<u32>,
-    max: Option<u32>,
-}
 
 /// What a new session of a user at `max_sessions_per_user` gets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -46,8 +26,7 @@ pub enum AtUserLimit {
     ReplaceOldest,
 }
 
-/// The validated `[policy]`. The default: no rule at all. Made by `new`,
-/// which indexes the entries' names: admissions look every session up.
+/// The validated `[policy]`. The default: no rule at all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SeatPolicy {
     /// Sessions one user name may hold across every VPN server (None: no
@@ -55,14 +34,11 @@ pub struct SeatPolicy {
     pub max_sessions_per_user: Option<u32>,
     pub at_user_limit: AtUserLimit,
     pub groups: Vec<Group>,
-    /// The entry naming each user, and each group.
-    by_user: HashMap<String, usize>,
-    by_group: HashMap<String, usize>,
 }
 
 /// One `[[policy.group]]`: its members are the sessions whose user name is
 /// in `users`, or else whose server-reported group is in `groups`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group {
     pub name: String,
     pub users: Vec<String>,
@@ -79,21 +55,10 @@ impl SeatPolicy {
         at_user_limit: AtUserLimit,
         groups: Vec<Group>,
     ) -> SeatPolicy {
-        let (mut by_user, mut by_group) = (HashMap::new(), HashMap::new());
-        for (i, g) in groups.iter().enumerate() {
-            for u in &g.users {
-                by_user.entry(u.clone()).or_insert(i);
-            }
-            for n in &g.groups {
-                by_group.entry(n.clone()).or_insert(i);
-            }
-        }
         SeatPolicy {
             max_sessions_per_user,
             at_user_limit,
             groups,
-            by_user,
-            by_group,
         }
     }
 
@@ -103,12 +68,18 @@ impl SeatPolicy {
     }
 
     /// The entry a session of `user` reporting `group` belongs to: the one
-    /// naming the user, else the one naming the group. Empty names are in none.
+    /// naming the user, else the one naming the group. Empty names are in
+    /// none. (A linear search: policies name a handful of users and groups.)
     pub fn entry_of(&self, user: &str, group: &str) -> Option<usize> {
-        let find = |map: &HashMap<String, usize>, name: &str| {
-            (!name.is_empty()).then(|| map.get(name)).flatten().copied()
+        let find = |name: &str, list: fn(&Group) -> &[String]| {
+            if name.is_empty() {
+                return None;
+            }
+            self.groups
+                .iter()
+                .position(|g| list(g).iter().any(|n| n == name))
         };
-        find(&self.by_user, user).or_else(|| find(&self.by_group, group))
+        find(user, |g| &g.users).or_else(|| find(group, |g| &g.groups))
     }
 
     /// Seats reserved by every entry together.
@@ -119,94 +90,208 @@ impl SeatPolicy {
     }
 }
 
-/// Validates `[policy]`, adding each contradiction to `problems`.
-pub(super) fn validate(raw: RawPolicy, problems: &mut Vec<Problem>) -> SeatPolicy {
-    if raw.max_sessions_per_user == Some(0) {
-        problems.push(problem(
-            "policy.max_sessions_per_user",
-            "0 would refuse every session; set 1 or more, or remove the key for no limit",
-        ));
+/// The words for a TOML value's kind, in problems.
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::String(_) => "a string",
+        Value::Integer(_) => "a whole number",
+        Value::Float(_) => "a decimal number",
+        Value::Boolean(_) => "true/false",
+        Value::Datetime(_) => "a date",
+        Value::Array(_) => "a list",
+        Value::Table(_) => "a table",
     }
-    let mut groups: Vec<Group> = Vec::new();
+}
+
+/// Reads and checks one entry's or the section's keys.
+struct Reader<'a> {
+    text: &'a str,
+    problems: &'a mut Vec<Problem>,
+}
+
+impl Reader<'_> {
+    /// `key` as problems name it: with its line for `[policy]`'s own keys.
+    fn say(&mut self, key: &str, message: String) {
+        let shown = match key.strip_prefix("policy.") {
+            Some(name) if !name.contains('.') => match locate(self.text, "policy", name) {
+                Some((_, line)) => format!("{key} (line {line})"),
+                None => key.to_string(),
+            },
+            _ => key.to_string(),
+        };
+        self.problems.push(problem(&shown, message));
+    }
+
+    /// A whole number from `min` to `MAX_SEATS`.
+    fn seats(&mut self, key: &str, v: &Value, min: u32) -> Option<u32> {
+        match v.as_integer().map(u32::try_from) {
+            Some(Ok(n)) if (min..=MAX_SEATS).contains(&n) => Some(n),
+            _ => {
+                let got = match v {
+                    Value::Integer(n) => format!("{n}"),
+                    other => kind(other).to_string(),
+                };
+                self.say(
+                    key,
+                    format!("expected a whole number from {min} to {MAX_SEATS}, got {got}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn names(&mut self, key: &str, v: &Value) -> Option<Vec<String>> {
+        let list = v.as_array().map(|a| {
+            a.iter()
+                .map(|n| n.as_str().map(str::to_string))
+                .collect::<Option<Vec<String>>>()
+        });
+        let list = list.flatten();
+        if list.is_none() {
+            self.say(
+                key,
+                format!("expected a list of names in quotes, got {}", kind(v)),
+            );
+        }
+        list
+    }
+
+    fn unknown(&mut self, key: &str, known: &str) {
+        let name = key.rsplit('.').next().unwrap_or(key);
+        self.say(
+            key,
+            format!("unknown key {name:?}; the keys here are {known}"),
+        );
+    }
+}
+
+/// Reads `[policy]` (its TOML value, set aside from the rest of the config;
+/// `text` for line numbers), adding every problem and contradiction.
+pub(super) fn read(value: Option<Value>, text: &str, problems: &mut Vec<Problem>) -> SeatPolicy {
+    let mut r = Reader { text, problems };
+    let mut policy = SeatPolicy::default();
+    let table = match value {
+        None => return policy,
+        Some(Value::Table(t)) => t,
+        Some(other) => {
+            r.say(
+                "policy",
+                format!("expected a table [policy], got {}", kind(&other)),
+            );
+            return policy;
+        }
+    };
+    let mut entries = Vec::new();
+    for (k, v) in &table {
+        let key = format!("policy.{k}");
+        match k.as_str() {
+            "max_sessions_per_user" => {
+                if v.as_integer() == Some(0) {
+                    r.say(&key, "0 would refuse every session; set 1 or more, or remove the key for no limit".into());
+                } else {
+                    policy.max_sessions_per_user = r.seats(&key, v, 1);
+                }
+            }
+            "at_user_limit" => match v.as_str() {
+                Some("refuse") => policy.at_user_limit = AtUserLimit::Refuse,
+                Some("replace_oldest") => policy.at_user_limit = AtUserLimit::ReplaceOldest,
+                _ => {
+                    let got = v.as_str().map_or(kind(v).to_string(), |s| format!("{s:?}"));
+                    r.say(&key, format!("{got} is not one of: refuse, replace_oldest"));
+                }
+            },
+            "group" => match v.as_array() {
+                Some(items) => entries = items.clone(),
+                None => r.say(
+                    &key,
+                    format!("expected [[policy.group]] entries, got {}", kind(v)),
+                ),
+            },
+            _ => r.unknown(&key, "max_sessions_per_user, at_user_limit, group"),
+        }
+    }
     // Every name seen, with the entry that named it first.
     let mut seen: Vec<(&'static str, String, String)> = Vec::new();
-    for (i, g) in raw.group.into_iter().enumerate() {
+    for (i, entry) in entries.iter().enumerate() {
         let key = |k: &str| format!("policy.group[{i}].{k}");
-        let name = g.name.unwrap_or_default();
-        let shown = format!("{name:?}");
-        if !(1..=64).contains(&name.len())
-            || !name
+        let Some(fields) = entry.as_table() else {
+            r.say(
+                &format!("policy.group[{i}]"),
+                format!("expected a table, got {}", kind(entry)),
+            );
+            continue;
+        };
+        let mut g = Group {
+            name: String::new(),
+            users: Vec::new(),
+            groups: Vec::new(),
+            reserved: 0,
+            max: None,
+        };
+        let mut bad = false;
+        for (k, v) in fields {
+            match k.as_str() {
+                "name" => g.name = v.as_str().unwrap_or_default().to_string(),
+                "users" | "groups" => {
+                    let names = r.names(&key(k), v);
+                    // A wrong list is reported as such, not again as missing.
+                    bad |= names.is_none();
+                    let list = if k == "users" {
+                        &mut g.users
+                    } else {
+                        &mut g.groups
+                    };
+                    *list = names.unwrap_or_default();
+                }
+                "reserved" => g.reserved = r.seats(&key(k), v, 0).unwrap_or(0),
+                "max" => g.max = r.seats(&key(k), v, 0),
+                _ => r.unknown(&key(k), "name, users, groups, reserved, max"),
+            }
+        }
+        let shown = format!("{:?}", g.name);
+        if !(1..=64).contains(&g.name.len())
+            || !g
+                .name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            problems.push(problem(
-                &key("name"),
-                format!("{shown} is not a name; use letters, digits, '-' and '_' (1-64 characters), e.g. name = \"oncall\""),
-            ));
+            r.say(&key("name"), format!("{shown} is not a name; use letters, digits, '-' and '_' (1-64 characters), e.g. name = \"oncall\""));
         }
-        if groups.iter().any(|o| o.name == name) {
-            problems.push(problem(
+        if policy.groups.iter().any(|o| o.name == g.name) {
+            r.say(
                 &key("name"),
                 format!("{shown} names two entries; give each its own name"),
-            ));
+            );
         }
-        if g.users.is_empty() && g.groups.is_empty() {
-            problems.push(problem(
+        if g.users.is_empty() && g.groups.is_empty() && !bad {
+            r.say(
                 &format!("policy.group[{i}]"),
                 format!("entry {shown} has no members; list users = [..] or groups = [..]"),
-            ));
+            );
         }
         for (what, list) in [("users", &g.users), ("groups", &g.groups)] {
+            let one = &what[..what.len() - 1];
             for member in list {
                 if member.is_empty() || member.len() > 256 {
-                    problems.push(problem(
+                    r.say(
                         &key(what),
                         format!("{member:?} is not a name (1-256 bytes)"),
-                    ));
+                    );
                 } else if let Some((_, _, other)) =
                     seen.iter().find(|(w, m, _)| *w == what && m == member)
                 {
-                    let one = &what[..what.len() - 1];
-                    problems.push(problem(
-                        &key(what),
-                        format!("{one} {member:?} is also in entry {other}; a {one} belongs to one entry only"),
-                    ));
+                    r.say(&key(what), format!("{one} {member:?} is also in entry {other}; a {one} belongs to one entry only"));
                 } else {
                     seen.push((what, member.clone(), shown.clone()));
                 }
             }
         }
-        let reserved = g.reserved.unwrap_or(0);
-        for (k, n) in [("reserved", Some(reserved)), ("max", g.max)] {
-            if n.is_some_and(|n| n > MAX_SEATS) {
-                problems.push(problem(
-                    &key(k),
-                    format!(
-                        "{} seats is more than any gateway has; use at most {MAX_SEATS}",
-                        n.unwrap_or(0)
-                    ),
-                ));
-            }
+        if let Some(max) = g.max.filter(|m| *m < g.reserved) {
+            r.say(&key("max"), format!("{max} is below the entry's reserved {}: the members could never fill their reservation; raise max or lower reserved", g.reserved));
         }
-        if let Some(max) = g.max.filter(|m| *m < reserved) {
-            problems.push(problem(
-                &key("max"),
-                format!("{max} is below the entry's reserved {reserved}: the members could never fill their reservation; raise max or lower reserved"),
-            ));
-        }
-        groups.push(Group {
-            name,
-            users: g.users,
-            groups: g.groups,
-            reserved,
-            max: g.max,
-        });
+        policy.groups.push(g);
     }
-    SeatPolicy::new(
-        raw.max_sessions_per_user,
-        raw.at_user_limit.unwrap_or_default(),
-        groups,
-    )
+    policy
 }
 
 #[cfg(test)]
@@ -252,11 +337,23 @@ mod tests {
         for (text, want) in [
             (
                 "[policy]\nmax_sessions_per_user = 0\n",
-                "policy.max_sessions_per_user: 0 would refuse every session",
+                "policy.max_sessions_per_user (line 3): 0 would refuse every session",
             ),
             (
                 "[policy]\nat_user_limit = \"kick\"\n",
                 "policy.at_user_limit (line 3): \"kick\" is not one of: refuse, replace_oldest",
+            ),
+            (
+                "[policy]\nmax_sessions_per_user = \"2\"\n",
+                "policy.max_sessions_per_user (line 3): expected a whole number from 1 to 100000, got a string",
+            ),
+            (
+                "[policy]\nlimit = 2\n",
+                "policy.limit (line 3): unknown key \"limit\"; the keys here are max_sessions_per_user, at_user_limit, group",
+            ),
+            (
+                "[[policy.group]]\nname = \"a\"\nusers = \"x\"\n",
+                "policy.group[0].users: expected a list of names in quotes, got a string",
             ),
             (
                 "[[policy.group]]\nname = \"a\"\nusers = [\"x\"]\n[[policy.group]]\nname = \"b\"\nusers = [\"y\", \"x\"]\n",
@@ -284,7 +381,7 @@ mod tests {
             ),
             (
                 "[[policy.group]]\nname = \"a\"\nusers = [\"x\"]\nreserved = 100001\n",
-                "policy.group[0].reserved: 100001 seats is more than any gateway has",
+                "policy.group[0].reserved: expected a whole number from 0 to 100000, got 100001",
             ),
             (
                 "[[policy.group]]\nname = \"a\"\nusers = [\"\"]\n",
@@ -292,7 +389,7 @@ mod tests {
             ),
             (
                 "[[policy.group]]\nname = \"a\"\nusers = [\"x\"]\nreserve = 1\n",
-                "policy.group[0].reserve (line 5): unknown key \"reserve\"",
+                "policy.group[0].reserve: unknown key \"reserve\"; the keys here are name, users, groups, reserved, max",
             ),
         ] {
             let problems = parse(text).unwrap_err();
