@@ -150,7 +150,7 @@ pub fn judge(s: &Status, limits: Limits) -> Verdict {
             "seats held by sessions lost with a damaged snapshot (see seatgate status)".into(),
         ));
     }
-    if let Some(w) = s.policy.as_ref().and_then(|p| p.warning.as_ref()) {
+    if let Some(w) = &s.policy.warning {
         found.push((State::Warning, w.clone()));
     }
     if let Some(w) = s.warnings.first() {
@@ -334,14 +334,12 @@ mod tests {
     fn a_cap_below_the_seats_reserved_is_a_warning() {
         let mut s = status(0, 2);
         assert_eq!(judge(&s, Limits::default()).state, State::Ok);
-        s.policy = Some(crate::status::PolicyStatus {
-            max_sessions_per_user: None,
-            at_user_limit: Default::default(),
+        s.policy = crate::status::PolicyStatus {
             reserved: 3,
             unfilled: 3,
-            groups: vec![],
             warning: Some("the cap in force (2) is below the 3 seats reserved by [policy]".into()),
-        });
+            ..Default::default()
+        };
         let v = judge(&s, Limits::default());
         assert_eq!(v.state, State::Warning);
         assert!(

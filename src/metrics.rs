@@ -295,7 +295,7 @@ mod tests {
             unanswered: 0,
             admissions: AdmissionStats::default(),
             licenses: vec![],
-            policy: None,
+            policy: Default::default(),
             alert_level: 0,
             alerts: Default::default(),
             license_warnings: vec![],

@@ -11,7 +11,7 @@ use crate::admission::protocol::ServerKind;
 use crate::admission::table::Table;
 use crate::alerts::Thresholds;
 use crate::cloud::policy::{human, CloudStatus, Severity, StampSeen, SyncRecord};
-use crate::config::policy::{AtUserLimit, SeatPolicy};
+use crate::config::policy::SeatPolicy;
 use crate::license::cap::describe_timeline;
 use crate::license::in_force::{Dropped, Licenses};
 use crate::license::notices::{notices, Notice};
@@ -98,16 +98,19 @@ pub struct Status {
     /// licenses` shows the full records).
     #[serde(default)]
     pub licenses: Vec<LicenseExpiry>,
-    /// The `[policy]` in force; absent when it sets no rule.
-    #[serde(default)]
-    pub policy: Option<PolicyStatus>,
+    /// The `[policy]` in force (all empty when it sets no rule). Read back
+    /// through a JSON value by hand (`PolicyStatus::from_json`): a derived
+    /// reader costs the gateway's flash several KiB more.
+    #[serde(default, deserialize_with = "policy_from_json")]
+    pub policy: PolicyStatus,
 }
 
 /// The seat policy in force and how its reservations are used.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PolicyStatus {
     pub max_sessions_per_user: Option<u32>,
-    pub at_user_limit: AtUserLimit,
+    /// `refuse` or `replace_oldest`.
+    pub at_user_limit: String,
     /// Seats reserved by every entry together.
     pub reserved: u32,
     /// Reserved seats no member holds yet: free seats nobody else may take.
@@ -119,7 +122,7 @@ pub struct PolicyStatus {
 }
 
 /// One `[[policy.group]]` entry and the seats its members hold.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GroupStatus {
     pub name: String,
     pub reserved: u32,
@@ -127,11 +130,38 @@ pub struct GroupStatus {
     pub in_use: u32,
 }
 
+fn policy_from_json<'de, D: serde::Deserializer<'de>>(d: D) -> Result<PolicyStatus, D::Error> {
+    serde_json::Value::deserialize(d).map(|v| PolicyStatus::from_json(&v))
+}
+
 impl PolicyStatus {
-    /// The policy against the sessions held and the cap (None: no rule).
-    pub fn build(policy: &SeatPolicy, table: &Table, cap: u32) -> Option<PolicyStatus> {
+    /// Reads what `Serialize` wrote; a missing or odd field reads as empty.
+    pub fn from_json(v: &serde_json::Value) -> PolicyStatus {
+        let n = |v: &serde_json::Value| v.as_u64().and_then(|n| u32::try_from(n).ok());
+        let text = |v: &serde_json::Value| v.as_str().map(str::to_string);
+        let groups = v["groups"].as_array().map_or(&[][..], Vec::as_slice);
+        PolicyStatus {
+            max_sessions_per_user: n(&v["max_sessions_per_user"]),
+            at_user_limit: text(&v["at_user_limit"]).unwrap_or_default(),
+            reserved: n(&v["reserved"]).unwrap_or(0),
+            unfilled: n(&v["unfilled"]).unwrap_or(0),
+            groups: groups
+                .iter()
+                .map(|g| GroupStatus {
+                    name: text(&g["name"]).unwrap_or_default(),
+                    reserved: n(&g["reserved"]).unwrap_or(0),
+                    max: n(&g["max"]),
+                    in_use: n(&g["in_use"]).unwrap_or(0),
+                })
+                .collect(),
+            warning: text(&v["warning"]),
+        }
+    }
+
+    /// The policy against the sessions held and the cap (empty: no rule).
+    pub fn build(policy: &SeatPolicy, table: &Table, cap: u32) -> PolicyStatus {
         if policy.is_empty() {
-            return None;
+            return PolicyStatus::default();
         }
         let used = entry_usage(table, policy, None);
         let groups: Vec<GroupStatus> = policy
@@ -149,9 +179,9 @@ impl PolicyStatus {
         let warning = (reserved > cap).then(|| {
             format!("the cap in force ({cap}) is below the {reserved} seats reserved by [policy]: reserved members get in first come, first served, and nobody else until usage drops")
         });
-        Some(PolicyStatus {
+        PolicyStatus {
             max_sessions_per_user: policy.max_sessions_per_user,
-            at_user_limit: policy.at_user_limit,
+            at_user_limit: policy.at_user_limit.as_str().into(),
             reserved,
             unfilled: groups
                 .iter()
@@ -159,15 +189,15 @@ impl PolicyStatus {
                 .fold(0, u32::saturating_add),
             groups,
             warning,
-        })
+        }
     }
 
     fn render(&self) -> String {
         let mut out = String::from("policy:");
         if let Some(n) = self.max_sessions_per_user {
-            let then = match self.at_user_limit {
-                AtUserLimit::Refuse => "refused",
-                AtUserLimit::ReplaceOldest => "admitted in place of the user's oldest",
+            let then = match self.at_user_limit.as_str() {
+                "replace_oldest" => "admitted in place of the user's oldest",
+                _ => "refused",
             };
             out.push_str(&format!(
                 " at most {n} sessions per user (a new one beyond is {then});"
@@ -505,7 +535,7 @@ impl Status {
                     expiry: l.expiry(),
                 })
                 .collect(),
-            policy: None,
+            policy: PolicyStatus::default(),
         }
     }
 
@@ -631,8 +661,8 @@ impl Status {
             ));
         }
         out.push_str(&self.render_denials());
-        if let Some(p) = &self.policy {
-            out.push_str(&p.render());
+        if self.policy.max_sessions_per_user.is_some() || !self.policy.groups.is_empty() {
+            out.push_str(&self.policy.render());
         }
         for p in &self.pools {
             out.push_str(&render_pool(p, self.now));
@@ -803,7 +833,7 @@ mod tests {
         use crate::config::policy::Group;
         let policy = SeatPolicy::new(
             Some(2),
-            AtUserLimit::Refuse,
+            crate::config::policy::AtUserLimit::Refuse,
             vec![
                 Group {
                     name: "oncall".into(),
@@ -823,7 +853,7 @@ mod tests {
         );
         assert_eq!(
             PolicyStatus::build(&SeatPolicy::default(), &Table::default(), 2),
-            None
+            PolicyStatus::default()
         );
         let mut table = Table::default();
         let server = ServerId {
@@ -845,7 +875,7 @@ mod tests {
             };
             table.admit(&req, server, 32, &policy, t("2026-11-27T12:00:00Z"));
         }
-        let p = PolicyStatus::build(&policy, &table, 32).unwrap();
+        let p = PolicyStatus::build(&policy, &table, 32);
         assert_eq!((p.reserved, p.unfilled, p.warning.clone()), (2, 1, None));
         let text = p.render();
         assert!(text.contains("at most 2 sessions per user (a new one beyond is refused); 2 seats reserved, 1 of them not taken"), "{text}");
@@ -858,7 +888,7 @@ mod tests {
             "{text}"
         );
         // The cap fell to 1, below the 2 reserved.
-        let p = PolicyStatus::build(&policy, &table, 1).unwrap();
+        let p = PolicyStatus::build(&policy, &table, 1);
         let w = p.warning.clone().unwrap();
         assert!(
             w.starts_with("the cap in force (1) is below the 2 seats reserved"),
@@ -868,5 +898,10 @@ mod tests {
         let json = serde_json::to_value(&p).unwrap();
         assert_eq!(json["groups"][1]["in_use"], 2);
         assert_eq!(json["at_user_limit"], "refuse");
+        assert_eq!(PolicyStatus::from_json(&json), p, "read back as written");
+        assert_eq!(
+            PolicyStatus::from_json(&serde_json::Value::Null),
+            PolicyStatus::default()
+        );
     }
 }

@@ -4,7 +4,6 @@
 //! gateway's flash more) into `SeatPolicy`, with every wrong key and every
 //! contradiction reported by key (pure). docs/policy.md explains the rules.
 
-use serde::{Deserialize, Serialize};
 use toml::Value;
 
 use super::keys::locate;
@@ -15,8 +14,7 @@ use super::{problem, Problem};
 pub const MAX_SEATS: u32 = 100_000;
 
 /// What a new session of a user at `max_sessions_per_user` gets.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum AtUserLimit {
     /// Refused (`user_limit`); the user's sessions keep their seats.
     #[default]
@@ -47,6 +45,16 @@ pub struct Group {
     pub reserved: u32,
     /// The most seats the members may hold together (None: the cap).
     pub max: Option<u32>,
+}
+
+impl AtUserLimit {
+    /// The config's (and status's) name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AtUserLimit::Refuse => "refuse",
+            AtUserLimit::ReplaceOldest => "replace_oldest",
+        }
+    }
 }
 
 impl SeatPolicy {

@@ -145,7 +145,7 @@ fn concurrent_admissions_keep_every_rule_exactly() {
     let st = d.status();
     assert_eq!((st.in_use, st.cap_total), (12, 12));
     assert_eq!(st.denials, 21);
-    let p = st.policy.unwrap();
+    let p = st.policy;
     assert_eq!(
         (p.groups[0].in_use, p.groups[1].in_use, p.unfilled),
         (3, 3, 0)
@@ -172,7 +172,7 @@ fn concurrent_admissions_keep_every_rule_exactly() {
         let _ = servers[1].try_call(&Request::Release { key: key.into() });
     }
     let st = d.status();
-    assert_eq!((st.in_use, st.policy.unwrap().unfilled), (10, 1));
+    assert_eq!((st.in_use, st.policy.unfilled), (10, 1));
     assert_eq!(
         decision(s.try_call(&admit(s, "late-1", "late", "")).unwrap()),
         None,
@@ -238,8 +238,7 @@ fn status_and_check_show_the_policy_and_a_cap_below_the_reservations() {
         "the reloaded policy in status",
         Duration::from_secs(10),
         || {
-            d.status()
-                .policy
+            Some(d.status().policy)
                 .filter(|p| p.max_sessions_per_user == Some(2) && p.groups.is_empty())
         },
     );
@@ -261,11 +260,7 @@ fn status_and_check_show_the_policy_and_a_cap_below_the_reservations() {
     wait_for(
         "the reloaded policy in status",
         Duration::from_secs(10),
-        || {
-            d.status()
-                .policy
-                .filter(|p| p.max_sessions_per_user == Some(1))
-        },
+        || Some(d.status().policy).filter(|p| p.max_sessions_per_user == Some(1)),
     );
     assert_eq!(
         decision(s.try_call(&admit(&s, "c", "alice", "")).unwrap()),

@@ -182,7 +182,7 @@ fn openvpn_a_reserved_seat_stays_free_for_its_group_when_the_gateway_is_otherwis
         .contains("REJECTED client3: every free seat is reserved for other users"));
     let st = d.status();
     assert_eq!((st.in_use, st.free), (2, 1));
-    let p = st.policy.as_ref().unwrap();
+    let p = &st.policy;
     assert_eq!((p.reserved, p.unfilled, p.groups[0].in_use), (1, 1, 0));
     let c4 = openvpn_client(&ns, 4, "");
     assert_eq!(
@@ -193,7 +193,7 @@ fn openvpn_a_reserved_seat_stays_free_for_its_group_when_the_gateway_is_otherwis
     );
     let st = d.status();
     assert_eq!(st.in_use, 3);
-    let p = st.policy.unwrap();
+    let p = st.policy;
     assert_eq!((p.unfilled, p.groups[0].in_use), (0, 1));
     assert!(d.status().sessions.iter().any(|s| s.user == "client4"));
 }
@@ -227,7 +227,7 @@ fn ocserv_a_group_reservation_through_groupname() {
     assert_eq!(st.in_use, 3);
     let ops = st.sessions.iter().find(|s| s.user == "user4").unwrap();
     assert_eq!(ops.group, "ops");
-    assert_eq!(st.policy.unwrap().groups[0].in_use, 1);
+    assert_eq!(st.policy.groups[0].in_use, 1);
 }
 
 #[test]
