@@ -99,9 +99,9 @@ pub struct Status {
     #[serde(default)]
     pub licenses: Vec<LicenseExpiry>,
     /// The `[policy]` in force (all empty when it sets no rule). Read back
-    /// through a JSON value by hand (`PolicyStatus::from_json`): a derived
-    /// reader costs the gateway's flash several KiB more.
-    #[serde(default, deserialize_with = "policy_from_json")]
+    /// by hand (`Status::from_json`): a derived reader costs the gateway's
+    /// flash several KiB more.
+    #[serde(default, skip_deserializing)]
     pub policy: PolicyStatus,
 }
 
@@ -128,10 +128,6 @@ pub struct GroupStatus {
     pub reserved: u32,
     pub max: Option<u32>,
     pub in_use: u32,
-}
-
-fn policy_from_json<'de, D: serde::Deserializer<'de>>(d: D) -> Result<PolicyStatus, D::Error> {
-    serde_json::Value::deserialize(d).map(|v| PolicyStatus::from_json(&v))
 }
 
 impl PolicyStatus {
@@ -456,6 +452,14 @@ fn render_cloud(c: &CloudStatus, now: DateTime<Utc>) -> String {
 }
 
 impl Status {
+    /// The status as the daemon sent it (the `status` of its answer).
+    pub fn from_json(json: serde_json::Value) -> serde_json::Result<Status> {
+        let policy = PolicyStatus::from_json(&json["policy"]);
+        let mut status: Status = serde_json::from_value(json)?;
+        status.policy = policy;
+        Ok(status)
+    }
+
     pub fn build(
         device: &str,
         table: &Table,
@@ -778,7 +782,7 @@ mod tests {
         assert!(text.contains("\n  L3: has 0 seats\n"), "{text}");
         // Old clients' JSON (no `refused`) still parses, and it round-trips.
         let mut json = serde_json::to_value(&status).unwrap();
-        let back: Status = serde_json::from_value(json.clone()).unwrap();
+        let back = Status::from_json(json.clone()).unwrap();
         assert_eq!(back, status);
         json.as_object_mut().unwrap().remove("refused");
         let old: Status = serde_json::from_value(json).unwrap();

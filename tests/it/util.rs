@@ -380,7 +380,7 @@ impl Drop for Daemon {
 
 pub fn status_of(socket: &Path) -> Status {
     match call(socket, &Request::Status).unwrap() {
-        Response::Status(s) => serde_json::from_value(s.status).unwrap(),
+        Response::Status(s) => Status::from_json(s.status).unwrap(),
         other => panic!("status expected, got {other:?}"),
     }
 }
