@@ -4,6 +4,8 @@
 //! gateway's flash more) into `SeatPolicy`, with every wrong key and every
 //! contradiction reported by key (pure). docs/policy.md explains the rules.
 
+use std::collections::BTreeMap;
+
 use toml::Value;
 
 use super::keys::locate;
@@ -24,7 +26,8 @@ pub enum AtUserLimit {
     ReplaceOldest,
 }
 
-/// The validated `[policy]`. The default: no rule at all.
+/// The validated `[policy]`. The default: no rule at all. Made by `new`,
+/// which indexes the entries' names (every admission looks each session up).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SeatPolicy {
     /// Sessions one user name may hold across every VPN server (None: no
@@ -32,6 +35,10 @@ pub struct SeatPolicy {
     pub max_sessions_per_user: Option<u32>,
     pub at_user_limit: AtUserLimit,
     pub groups: Vec<Group>,
+    /// The entry naming each user, and each group. (u32: the map type the
+    /// daemon has already, so no new code on the gateway's flash.)
+    by_user: BTreeMap<String, u32>,
+    by_group: BTreeMap<String, u32>,
 }
 
 /// One `[[policy.group]]`: its members are the sessions whose user name is
@@ -63,10 +70,21 @@ impl SeatPolicy {
         at_user_limit: AtUserLimit,
         groups: Vec<Group>,
     ) -> SeatPolicy {
+        let (mut by_user, mut by_group) = (BTreeMap::new(), BTreeMap::new());
+        for (i, g) in (0u32..).zip(&groups) {
+            for u in &g.users {
+                by_user.entry(u.clone()).or_insert(i);
+            }
+            for n in &g.groups {
+                by_group.entry(n.clone()).or_insert(i);
+            }
+        }
         SeatPolicy {
             max_sessions_per_user,
             at_user_limit,
             groups,
+            by_user,
+            by_group,
         }
     }
 
@@ -76,18 +94,15 @@ impl SeatPolicy {
     }
 
     /// The entry a session of `user` reporting `group` belongs to: the one
-    /// naming the user, else the one naming the group. Empty names are in
-    /// none. (A linear search: policies name a handful of users and groups.)
+    /// naming the user, else the one naming the group. Empty names are in none.
     pub fn entry_of(&self, user: &str, group: &str) -> Option<usize> {
-        let find = |name: &str, list: fn(&Group) -> &[String]| {
-            if name.is_empty() {
-                return None;
-            }
-            self.groups
-                .iter()
-                .position(|g| list(g).iter().any(|n| n == name))
+        let find = |map: &BTreeMap<String, u32>, name: &str| {
+            (!name.is_empty())
+                .then(|| map.get(name))
+                .flatten()
+                .map(|&i| i as usize)
         };
-        find(user, |g| &g.users).or_else(|| find(group, |g| &g.groups))
+        find(&self.by_user, user).or_else(|| find(&self.by_group, group))
     }
 
     /// Seats reserved by every entry together.
@@ -299,7 +314,11 @@ pub(super) fn read(value: Option<Value>, text: &str, problems: &mut Vec<Problem>
         }
         policy.groups.push(g);
     }
-    policy
+    SeatPolicy::new(
+        policy.max_sessions_per_user,
+        policy.at_user_limit,
+        policy.groups,
+    )
 }
 
 #[cfg(test)]
