@@ -34,7 +34,7 @@ fn pool_gateway(cloud: &DevCloud, serial: &str) -> Gateway {
 
 fn status(socket: &std::path::Path) -> Option<Status> {
     match call(socket, &Request::Status).ok()? {
-        Response::Status(s) => serde_json::from_value(s.status).ok(),
+        Response::Status(s) => Status::from_json(s.status).ok(),
         _ => None,
     }
 }
@@ -186,6 +186,7 @@ impl Rig {
                                 pid: pids[i],
                             },
                             remote: "192.0.2.9".into(),
+                            group: String::new(),
                         });
                         if call(&relays[i], &req).is_ok_and(|r| admitted(&r)) {
                             held[i].push(key);
