@@ -345,7 +345,8 @@ mod tests {
         let p = parse(
             "[policy]\nmax_sessions_per_user = 2\nat_user_limit = \"replace_oldest\"\n\
              [[policy.group]]\nname = \"oncall\"\nusers = [\"alice\", \"bob\"]\nreserved = 2\n\
-             [[policy.group]]\nname = \"contractors\"\ngroups = [\"ext\"]\nmax = 5\n",
+             [[policy.group]]\nname = \"contractors\"\ngroups = [\"ext\"]\nmax = 5\n\
+             [[reconcile]]\nkind = \"ocserv\"\n",
         )
         .unwrap();
         assert_eq!(p.max_sessions_per_user, Some(2));

@@ -521,10 +521,11 @@ fn a_full_runtime_directory_fails_admissions_closed_and_recovers_by_itself() {
 fn a_replacement_on_a_full_runtime_directory_keeps_the_session_held() {
     require_root("mounts a small tmpfs");
     let gw = Gateway::new(10);
-    gw.write(
-        &gw.config()
-            .policy("[policy]\nmax_sessions_per_user = 1\nat_user_limit = \"replace_oldest\"\n"),
-    );
+    gw.write(&gw.config().policy(concat!(
+        "[policy]\nmax_sessions_per_user = 1\nat_user_limit = \"replace_oldest\"\n",
+        // Required with replace_oldest; no server listens there.
+        "[[reconcile]]\nkind = \"openvpn\"\nmanagement = \"mgmt.sock\"\ninterval_ms = 3600000\n",
+    )));
     let fs = Tmpfs::mount(&gw.path("run"), "256k");
     let d = gw.start();
     let server = FakeServer::start(&gw.socket());

@@ -195,7 +195,8 @@ fn status_and_check_show_the_policy_and_a_cap_below_the_reservations() {
     let gw = Gateway::new(0); // cap 2
     gw.write(&gw.config().policy(
         "[policy]\nmax_sessions_per_user = 1\nat_user_limit = \"replace_oldest\"\n\
-         [[policy.group]]\nname = \"oncall\"\nusers = [\"alice\", \"bob\"]\nreserved = 3\n",
+         [[policy.group]]\nname = \"oncall\"\nusers = [\"alice\", \"bob\"]\nreserved = 3\n\
+         [[reconcile]]\nkind = \"openvpn\"\nmanagement = \"mgmt.sock\"\ninterval_ms = 3600000\n",
     ));
     let d = gw.start();
     let out = gw.cli(&["status"]);
