@@ -46,6 +46,7 @@ impl SelfServer {
                 pid: std::process::id(),
             },
             remote: "192.0.2.7".into(),
+            group: String::new(),
         })
     }
 }

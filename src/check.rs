@@ -158,6 +158,9 @@ pub fn judge(s: &Status, limits: Limits) -> Verdict {
             "seats held by sessions lost with a damaged snapshot (see seatgate status)".into(),
         ));
     }
+    if let Some(w) = &s.policy.warning {
+        found.push((State::Warning, w.clone()));
+    }
     if let Some(w) = s.warnings.first() {
         found.push((State::Warning, w.clone()));
     }
@@ -351,6 +354,26 @@ mod tests {
         );
         s.cloud.as_mut().unwrap().alarm.as_mut().unwrap().severity = Severity::Error;
         assert_eq!(judge(&s, Limits::default()).state, State::Critical);
+    }
+
+    #[test]
+    fn a_cap_below_the_seats_reserved_is_a_warning() {
+        let mut s = status(0, 2);
+        assert_eq!(judge(&s, Limits::default()).state, State::Ok);
+        s.policy = crate::status::PolicyStatus {
+            reserved: 3,
+            unfilled: 3,
+            warning: Some("the cap in force (2) is below the 3 seats reserved by [policy]".into()),
+            ..Default::default()
+        };
+        let v = judge(&s, Limits::default());
+        assert_eq!(v.state, State::Warning);
+        assert!(
+            v.line
+                .contains("the cap in force (2) is below the 3 seats reserved"),
+            "{}",
+            v.line
+        );
     }
 
     #[test]

@@ -363,7 +363,7 @@ const EVICT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// The daemon's status, decoded.
 fn fetch_status(socket: &Path) -> Result<crate::status::Status> {
     match client::call(socket, &Request::Status, OPERATOR_TIMEOUT)? {
-        Response::Status(s) => serde_json::from_value(s.status).with_context(|| {
+        Response::Status(s) => crate::status::Status::from_json(s.status).with_context(|| {
             format!(
                 "{}: the status answer is not one this seatgate reads (a different version?)",
                 socket.display()
@@ -450,8 +450,12 @@ fn status(socket: &Path, json: bool) -> Result<ExitCode> {
     match client::call(socket, &Request::Status, OPERATOR_TIMEOUT)? {
         Response::Status(s) if json => outln!("{}", serde_json::to_string_pretty(&s.status)?),
         Response::Status(s) => {
-            let status: crate::status::Status = serde_json::from_value(s.status)
-                .with_context(|| format!("{}: the status answer is not one this seatgate reads (a different version?)", socket.display()))?;
+            let status = crate::status::Status::from_json(s.status).with_context(|| {
+                format!(
+                    "{}: the status answer is not one this seatgate reads (a different version?)",
+                    socket.display()
+                )
+            })?;
             out!("{}", status.render_text())
         }
         Response::Error(e) => bail!("{}: {}", socket.display(), e.error.message),
@@ -466,7 +470,7 @@ fn check(socket: &Path, limits: crate::check::Limits) -> Result<ExitCode> {
     use crate::check;
     let verdict = match client::call(socket, &Request::Status, OPERATOR_TIMEOUT) {
         Err(e) => check::unreachable(&e),
-        Ok(Response::Status(s)) => match serde_json::from_value(s.status) {
+        Ok(Response::Status(s)) => match crate::status::Status::from_json(s.status) {
             Ok(status) => check::judge(&status, limits),
             Err(e) => check::unknown(&format!(
                 "{}: cannot read the status answer (a different seatgate version?): {e}",

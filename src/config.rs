@@ -11,6 +11,7 @@ use crate::alerts::{self, Thresholds};
 use crate::license::bundle::parse_public_key;
 
 mod keys;
+pub mod policy;
 use crate::license::in_force::Rules;
 use crate::sys::users;
 
@@ -139,6 +140,8 @@ pub struct Config {
     pub cloud: Option<Cloud>,
     /// Usage alert thresholds (`[alerts]`).
     pub alerts: Thresholds,
+    /// Per-user limits and reserved seats (`[policy]`, docs/policy.md).
+    pub policy: policy::SeatPolicy,
 }
 
 pub const DEFAULT_OCCTL: &str = "/usr/bin/occtl";
@@ -269,7 +272,7 @@ fn problem(key: &str, message: impl Into<String>) -> Problem {
 /// Parses and validates config text. Relative paths are taken relative to
 /// `base` (the config file's directory). Returns every problem found.
 pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<Problem>> {
-    let (raw, mut problems, left_out) = keys::read::<RawConfig>(text)?;
+    let (raw, mut problems, left_out, policy) = keys::read::<RawConfig>(text, "policy")?;
     let device = match raw.device {
         Some(d) if valid_serial(&d) => d,
         Some(d) => {
@@ -349,7 +352,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<Problem>> {
             "disconnecting over the cap needs a [[reconcile]] entry for each VPN server to disconnect through; add them or use \"drain\"",
         ));
     }
-    let reconcile = raw
+    let reconcile: Vec<Reconcile> = raw
         .reconcile
         .into_iter()
         .enumerate()
@@ -372,6 +375,13 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<Problem>> {
             Thresholds::default()
         }
     };
+    let policy = policy::read(policy, text, &mut problems);
+    if policy.at_user_limit == policy::AtUserLimit::ReplaceOldest && reconcile.is_empty() {
+        problems.push(problem(
+            "policy.at_user_limit",
+            "replacing a user's oldest session needs a [[reconcile]] entry for each VPN server to disconnect it through (else the old tunnel stays up without a seat); add them or use \"refuse\"",
+        ));
+    }
     let config = Config {
         device,
         builtin_seats: raw.builtin_seats.unwrap_or(2),
@@ -408,6 +418,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<Problem>> {
         reconcile,
         cloud,
         alerts,
+        policy,
     };
     // A key of the wrong type was reported as such (the first problems):
     // not again as missing.
@@ -958,6 +969,15 @@ mod tests {
         );
         let text = "device = \"D\"\n[admission]\nover_cap = \"kill_all\"\n";
         assert!(parse(text, Path::new("/")).is_err());
+        // The same for replacing a user's oldest session.
+        let text = "device = \"D\"\n[policy]\nmax_sessions_per_user = 1\nat_user_limit = \"replace_oldest\"\n";
+        let e = parse(text, Path::new("/")).unwrap_err();
+        assert!(
+            e.iter()
+                .any(|p| p.key == "policy.at_user_limit" && p.message.contains("[[reconcile]]")),
+            "{e:?}"
+        );
+        assert!(parse(&format!("{text}{entry}"), Path::new("/")).is_ok());
     }
 
     #[test]

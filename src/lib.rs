@@ -14,12 +14,14 @@
 //!    clock), `in_force` (the licenses in force and how a bundle replaces
 //!    them), `report` (`seatgate licenses`): pure; `disk`: their files.
 //! 5. `alerts`: usage alert levels from thresholds with hysteresis. Pure.
-//! 6. `config`: TOML parsed and validated into typed values, host checks.
+//! 6. `config`: TOML parsed and validated into typed values, host checks;
+//!    `policy`: the `[policy]` section (per-user limit, reserved seats).
 //! 7. `admission/`: seat admission. `protocol` (bytes <-> requests, no I/O)
 //!    and its blocking `client`, `table` (sessions, pure), `snapshot` (its
 //!    file format, pure), `journal` (crash-safe persistence), `lock` (one
-//!    daemon per runtime directory), `seats` (the core: decides against a
-//!    cap it is given and returns what happened), `access` (peer rights,
+//!    daemon per runtime directory), `policy` (the seat policy's rules,
+//!    pure), `seats` (the core: decides against a cap it is given and
+//!    returns what happened), `access` (peer rights,
 //!    pure), `server` (the socket: slots, framing; asks a `Service`).
 //! 8. `hook/`: VPN server adapters (`openvpn`, `ocserv`): environment to
 //!    request (pure), the blocking hook run.

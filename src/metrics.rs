@@ -9,13 +9,16 @@ use crate::admission::protocol::DenyReason;
 use crate::status::Status;
 
 /// Every denial reason, so each series exists (at 0) before its first denial.
-const REASONS: [DenyReason; 6] = [
+const REASONS: [DenyReason; 9] = [
     DenyReason::CapReached,
     DenyReason::OverCap,
     DenyReason::NoLicense,
     DenyReason::UnknownServer,
     DenyReason::Internal,
     DenyReason::KeyHeld,
+    DenyReason::UserLimit,
+    DenyReason::Reserved,
+    DenyReason::GroupLimit,
 ];
 
 /// The metrics of `status`, one family after another, each with its HELP
@@ -293,6 +296,7 @@ mod tests {
             unanswered: 0,
             admissions: AdmissionStats::default(),
             licenses: vec![],
+            policy: Default::default(),
             alert_level: 0,
             alerts: Default::default(),
             license_warnings: vec![],

@@ -7,10 +7,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::admission::over_cap::Plan;
+use crate::admission::policy::entry_usage;
 use crate::admission::protocol::ServerKind;
 use crate::admission::table::Table;
 use crate::alerts::Thresholds;
 use crate::cloud::policy::{human, CloudStatus, Severity, StampSeen, SyncRecord};
+use crate::config::policy::SeatPolicy;
 use crate::license::cap::describe_timeline;
 use crate::license::in_force::{Dropped, Licenses};
 use crate::license::lease::Limit;
@@ -102,6 +104,123 @@ pub struct Status {
     /// licenses` shows the full records).
     #[serde(default)]
     pub licenses: Vec<LicenseExpiry>,
+    /// The `[policy]` in force (all empty when it sets no rule). Read back
+    /// by hand (`Status::from_json`): a derived reader costs the gateway's
+    /// flash several KiB more.
+    #[serde(default, skip_deserializing)]
+    pub policy: PolicyStatus,
+}
+
+/// The seat policy in force and how its reservations are used.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PolicyStatus {
+    pub max_sessions_per_user: Option<u32>,
+    /// `refuse` or `replace_oldest`.
+    pub at_user_limit: String,
+    /// Seats reserved by every entry together.
+    pub reserved: u32,
+    /// Reserved seats no member holds yet: free seats nobody else may take.
+    pub unfilled: u32,
+    pub groups: Vec<GroupStatus>,
+    /// Set when the cap in force is below the seats reserved.
+    #[serde(default)]
+    pub warning: Option<String>,
+}
+
+/// One `[[policy.group]]` entry and the seats its members hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupStatus {
+    pub name: String,
+    pub reserved: u32,
+    pub max: Option<u32>,
+    pub in_use: u32,
+}
+
+impl PolicyStatus {
+    /// Reads what `Serialize` wrote; a missing or odd field reads as empty.
+    pub fn from_json(v: &serde_json::Value) -> PolicyStatus {
+        let n = |v: &serde_json::Value| v.as_u64().and_then(|n| u32::try_from(n).ok());
+        let text = |v: &serde_json::Value| v.as_str().map(str::to_string);
+        let groups = v["groups"].as_array().map_or(&[][..], Vec::as_slice);
+        PolicyStatus {
+            max_sessions_per_user: n(&v["max_sessions_per_user"]),
+            at_user_limit: text(&v["at_user_limit"]).unwrap_or_default(),
+            reserved: n(&v["reserved"]).unwrap_or(0),
+            unfilled: n(&v["unfilled"]).unwrap_or(0),
+            groups: groups
+                .iter()
+                .map(|g| GroupStatus {
+                    name: text(&g["name"]).unwrap_or_default(),
+                    reserved: n(&g["reserved"]).unwrap_or(0),
+                    max: n(&g["max"]),
+                    in_use: n(&g["in_use"]).unwrap_or(0),
+                })
+                .collect(),
+            warning: text(&v["warning"]),
+        }
+    }
+
+    /// The policy against the sessions held and the cap (empty: no rule).
+    pub fn build(policy: &SeatPolicy, table: &Table, cap: u32) -> PolicyStatus {
+        if policy.is_empty() {
+            return PolicyStatus::default();
+        }
+        let used = entry_usage(table, policy, None);
+        let groups: Vec<GroupStatus> = policy
+            .groups
+            .iter()
+            .zip(used)
+            .map(|(g, in_use)| GroupStatus {
+                name: g.name.clone(),
+                reserved: g.reserved,
+                max: g.max,
+                in_use,
+            })
+            .collect();
+        let reserved = policy.reserved();
+        let warning = (reserved > cap).then(|| {
+            format!("the cap in force ({cap}) is below the {reserved} seats reserved by [policy]: reserved members get in first come, first served, and nobody else until usage drops")
+        });
+        PolicyStatus {
+            max_sessions_per_user: policy.max_sessions_per_user,
+            at_user_limit: policy.at_user_limit.as_str().into(),
+            reserved,
+            unfilled: groups
+                .iter()
+                .map(|g| g.reserved.saturating_sub(g.in_use))
+                .fold(0, u32::saturating_add),
+            groups,
+            warning,
+        }
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::from("policy:");
+        if let Some(n) = self.max_sessions_per_user {
+            let then = match self.at_user_limit.as_str() {
+                "replace_oldest" => "admitted in place of the user's oldest",
+                _ => "refused",
+            };
+            out.push_str(&format!(
+                " at most {n} sessions per user (a new one beyond is {then});"
+            ));
+        }
+        out.push_str(&format!(
+            " {} seats reserved, {} of them not taken\n",
+            self.reserved, self.unfilled
+        ));
+        for g in &self.groups {
+            let max = g.max.map_or("-".to_string(), |m| m.to_string());
+            out.push_str(&format!(
+                "  group {}: reserved {}, max {max}, in use {}\n",
+                g.name, g.reserved, g.in_use
+            ));
+        }
+        if let Some(w) = &self.warning {
+            out.push_str(&format!("** WARNING: {w} **\n"));
+        }
+        out
+    }
 }
 
 /// How many denials status keeps.
@@ -296,6 +415,9 @@ pub struct SessionInfo {
     pub server: ServerKind,
     pub server_pid: u32,
     pub since: DateTime<Utc>,
+    /// The group the VPN server reported (`[policy]`); empty: none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub group: String,
 }
 
 fn when(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
@@ -386,6 +508,14 @@ pub fn render_plan(p: &Plan, now: DateTime<Utc>) -> String {
 }
 
 impl Status {
+    /// The status as the daemon sent it (the `status` of its answer).
+    pub fn from_json(json: serde_json::Value) -> serde_json::Result<Status> {
+        let policy = PolicyStatus::from_json(&json["policy"]);
+        let mut status: Status = serde_json::from_value(json)?;
+        status.policy = policy;
+        Ok(status)
+    }
+
     pub fn build(
         device: &str,
         table: &Table,
@@ -408,6 +538,7 @@ impl Status {
                 server: s.server.kind,
                 server_pid: s.server.pid,
                 since: s.since,
+                group: s.group.clone(),
             })
             .collect();
         sessions.sort_by(|a, b| (a.since, &a.key).cmp(&(b.since, &b.key)));
@@ -465,6 +596,7 @@ impl Status {
                     expiry: l.expiry(),
                 })
                 .collect(),
+            policy: PolicyStatus::default(),
         }
     }
 
@@ -592,6 +724,9 @@ impl Status {
             ));
         }
         out.push_str(&self.render_denials());
+        if self.policy.max_sessions_per_user.is_some() || !self.policy.groups.is_empty() {
+            out.push_str(&self.policy.render());
+        }
         for p in &self.pools {
             out.push_str(&render_pool(p, self.now));
         }
@@ -760,7 +895,7 @@ mod tests {
         assert!(text.contains("\n  L3: has 0 seats\n"), "{text}");
         // Old clients' JSON (no `refused`) still parses, and it round-trips.
         let mut json = serde_json::to_value(&status).unwrap();
-        let back: Status = serde_json::from_value(json.clone()).unwrap();
+        let back = Status::from_json(json.clone()).unwrap();
         assert_eq!(back, status);
         json.as_object_mut().unwrap().remove("refused");
         let old: Status = serde_json::from_value(json).unwrap();
@@ -806,5 +941,84 @@ mod tests {
         );
         c.sync.stamp = Some(StampSeen::Verified { at: now });
         assert!(!render_cloud(&c, now).contains("signed time"));
+    }
+
+    #[test]
+    fn the_policy_shows_each_group_its_use_and_a_cap_below_the_reservations() {
+        use crate::admission::protocol::{AdmitRequest, ServerRef};
+        use crate::admission::table::ServerId;
+        use crate::config::policy::Group;
+        let policy = SeatPolicy::new(
+            Some(2),
+            crate::config::policy::AtUserLimit::Refuse,
+            vec![
+                Group {
+                    name: "oncall".into(),
+                    users: vec!["alice".into(), "bob".into()],
+                    groups: vec![],
+                    reserved: 2,
+                    max: None,
+                },
+                Group {
+                    name: "contractors".into(),
+                    users: vec![],
+                    groups: vec!["ext".into()],
+                    reserved: 0,
+                    max: Some(5),
+                },
+            ],
+        );
+        assert_eq!(
+            PolicyStatus::build(&SeatPolicy::default(), &Table::default(), 2),
+            PolicyStatus::default()
+        );
+        let mut table = Table::default();
+        let server = ServerId {
+            kind: ServerKind::Ocserv,
+            pid: 1,
+            start_ticks: 1,
+            ns_pid: 1,
+        };
+        for (key, user, group) in [("1", "alice", ""), ("2", "x", "ext"), ("3", "y", "ext")] {
+            let req = AdmitRequest {
+                key: key.into(),
+                user: user.into(),
+                server: ServerRef {
+                    kind: ServerKind::Ocserv,
+                    pid: 1,
+                },
+                remote: String::new(),
+                group: group.into(),
+            };
+            table.admit(&req, server, 32, &policy, t("2026-11-27T12:00:00Z"));
+        }
+        let p = PolicyStatus::build(&policy, &table, 32);
+        assert_eq!((p.reserved, p.unfilled, p.warning.clone()), (2, 1, None));
+        let text = p.render();
+        assert!(text.contains("at most 2 sessions per user (a new one beyond is refused); 2 seats reserved, 1 of them not taken"), "{text}");
+        assert!(
+            text.contains("  group oncall: reserved 2, max -, in use 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  group contractors: reserved 0, max 5, in use 2\n"),
+            "{text}"
+        );
+        // The cap fell to 1, below the 2 reserved.
+        let p = PolicyStatus::build(&policy, &table, 1);
+        let w = p.warning.clone().unwrap();
+        assert!(
+            w.starts_with("the cap in force (1) is below the 2 seats reserved"),
+            "{w}"
+        );
+        assert!(p.render().contains("** WARNING: the cap in force (1)"));
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["groups"][1]["in_use"], 2);
+        assert_eq!(json["at_user_limit"], "refuse");
+        assert_eq!(PolicyStatus::from_json(&json), p, "read back as written");
+        assert_eq!(
+            PolicyStatus::from_json(&serde_json::Value::Null),
+            PolicyStatus::default()
+        );
     }
 }

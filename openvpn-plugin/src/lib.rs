@@ -2,7 +2,7 @@
 //! client-connect deferred, so the server never waits for seatgate.
 //!
 //! `plugin /usr/lib/seatgate/seatgate-openvpn.so socket=PATH timeout_ms=N
-//! on_error=reject|admit` in server.conf (docs/openvpn.md).
+//! on_error=reject|admit group_var=NAME` in server.conf (docs/openvpn.md).
 //!
 //! - `abi`: the few openvpn-plugin.h structs used, by hand.
 //! - `settings`: the `plugin` line's arguments (pure).
@@ -96,14 +96,15 @@ pub unsafe extern "C" fn openvpn_plugin_open_v3(
         };
         let s = handle.settings();
         log(format_args!(
-            "loaded: socket={} timeout_ms={} wait_ms={} on_error={}",
+            "loaded: socket={} timeout_ms={} wait_ms={} on_error={} group_var={}",
             s.socket.display(),
             s.timeout.as_millis(),
             s.wait.as_millis(),
             match s.on_error {
                 seatgate::hook::OnError::Reject => "reject",
                 seatgate::hook::OnError::Admit => "admit",
-            }
+            },
+            s.group_var.as_deref().unwrap_or("-")
         ));
         (*ret).type_mask = wanted;
         (*ret).handle = Box::into_raw(Box::new(handle)).cast::<c_void>();

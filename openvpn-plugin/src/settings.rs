@@ -1,6 +1,6 @@
 //! The `plugin` line's arguments (pure): `socket=PATH timeout_ms=N
-//! on_error=reject|admit`, the same settings and defaults as
-//! `seatgate hook openvpn`'s SEATGATE_* variables.
+//! on_error=reject|admit group_var=NAME`, the same settings and defaults
+//! as `seatgate hook openvpn`'s SEATGATE_* variables.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,6 +17,9 @@ pub struct Settings {
     /// How long OpenVPN's thread may wait for a quick answer before it
     /// defers the verdict (0: always defer). See docs/openvpn.md.
     pub wait: Duration,
+    /// The variable holding the user's group for `[policy]` (the script
+    /// hook's `setenv SEATGATE_GROUP_VAR`).
+    pub group_var: Option<String>,
 }
 
 /// OpenVPN 2.6 (without async-push, as Debian builds it) looks at a
@@ -33,6 +36,7 @@ pub fn parse(args: &[String]) -> Result<Settings, String> {
         timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
         on_error: OnError::Reject,
         wait: Duration::from_millis(DEFAULT_WAIT_MS),
+        group_var: None,
     };
     for arg in args {
         let (k, v) = arg.split_once('=').ok_or_else(|| {
@@ -40,6 +44,7 @@ pub fn parse(args: &[String]) -> Result<Settings, String> {
         })?;
         match k {
             "socket" if !v.is_empty() => s.socket = v.into(),
+            "group_var" if !v.is_empty() => s.group_var = Some(v.into()),
             "timeout_ms" => match v.parse::<u64>() {
                 Ok(ms) if (1..=60_000).contains(&ms) => s.timeout = Duration::from_millis(ms),
                 _ => return Err(format!("timeout_ms={v:?} is not a number of milliseconds from 1 to 60000")),
@@ -55,7 +60,7 @@ pub fn parse(args: &[String]) -> Result<Settings, String> {
                     _ => return Err(format!("on_error={v:?} is not reject or admit")),
                 }
             }
-            _ => return Err(format!("unknown or empty argument {arg:?}; known: socket=PATH, timeout_ms=N, wait_ms=N, on_error=reject|admit")),
+            _ => return Err(format!("unknown or empty argument {arg:?}; known: socket=PATH, timeout_ms=N, wait_ms=N, on_error=reject|admit, group_var=NAME")),
         }
     }
     Ok(s)
@@ -79,8 +84,11 @@ mod tests {
             "socket=/tmp/s",
             "timeout_ms=250",
             "on_error=admit",
+            "group_var=X509_0_OU",
         ]))
         .unwrap();
+        assert_eq!(s.group_var.as_deref(), Some("X509_0_OU"));
+        assert_eq!(d.group_var, None);
         assert_eq!(
             (s.socket, s.timeout, s.on_error),
             ("/tmp/s".into(), Duration::from_millis(250), OnError::Admit)
@@ -96,6 +104,7 @@ mod tests {
             ("wait_ms=500", "from 0 to 100"),
             ("sock=/x", "unknown"),
             ("socket=", "unknown or empty"),
+            ("group_var=", "unknown or empty"),
             ("verbose", "NAME=VALUE"),
         ] {
             let e = parse(&args(&[a])).unwrap_err();

@@ -173,6 +173,9 @@ impl Handle {
     pub fn connect(&self, mut env: HashMap<String, String>) -> c_int {
         // OpenVPN sets script_type for scripts only; the mapping wants it.
         env.insert("script_type".into(), "client-connect".into());
+        if let Some(var) = &self.settings.group_var {
+            env.insert(openvpn::GROUP_VAR.into(), var.clone());
+        }
         let mut req = match openvpn::action(&env) {
             Ok(Action::Connect(req)) => req,
             Ok(Action::Disconnect { .. }) => return FUNC_ERROR,

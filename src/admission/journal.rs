@@ -149,8 +149,14 @@ impl Journal {
     /// full tmpfs) is cut back off, so the next change never lands glued to
     /// a fragment that replay would skip.
     pub fn record(&mut self, change: &Change, table: &Table) -> io::Result<()> {
+        self.record_all(std::slice::from_ref(change), table)
+    }
+
+    /// Appends changes that are one step (a release and the admission that
+    /// took its seat) in one write: recorded together or not at all.
+    pub fn record_all(&mut self, changes: &[Change], table: &Table) -> io::Result<()> {
         self.write_deferred()?;
-        self.append(change)?;
+        self.append(changes)?;
         if self.lines >= COMPACT_AFTER || self.compact_owed {
             // The change is recorded whatever happens here; a failed
             // compaction is tried again later.
@@ -195,21 +201,24 @@ impl Journal {
 
     fn write_deferred(&mut self) -> io::Result<()> {
         while let Some(change) = self.deferred.first().cloned() {
-            self.append(&change)?;
+            self.append(std::slice::from_ref(&change))?;
             self.deferred.remove(0);
         }
         Ok(())
     }
 
-    fn append(&mut self, change: &Change) -> io::Result<()> {
-        let mut line = serde_json::to_vec(change).expect("changes always serialise");
-        line.push(b'\n');
-        if let Err(e) = self.file.write_all(&line) {
+    fn append(&mut self, changes: &[Change]) -> io::Result<()> {
+        let mut lines = Vec::new();
+        for change in changes {
+            serde_json::to_writer(&mut lines, change).expect("changes always serialise");
+            lines.push(b'\n');
+        }
+        if let Err(e) = self.file.write_all(&lines) {
             let _ = self.file.set_len(self.len);
             return Err(self.failed(e));
         }
-        self.len += line.len() as u64;
-        self.lines += 1;
+        self.len += lines.len() as u64;
+        self.lines += changes.len();
         Ok(())
     }
 
@@ -274,6 +283,7 @@ mod tests {
                 pid: 1,
             },
             remote: String::new(),
+            group: String::new(),
         };
         let server = ServerId {
             kind: ServerKind::Ocserv,
@@ -281,7 +291,7 @@ mod tests {
             start_ticks: 1,
             ns_pid: 1,
         };
-        let (_, change) = t.admit(&req, server, 100, now());
+        let (_, change, _) = t.admit(&req, server, 100, &Default::default(), now());
         j.record(&change.unwrap(), t).unwrap();
     }
 
@@ -313,6 +323,55 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600, "{name}");
         }
+    }
+
+    #[test]
+    fn a_replacement_is_one_write_and_replays_without_a_higher_peak() {
+        use crate::config::policy::{AtUserLimit, SeatPolicy};
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, mut t, _) = open(dir.path());
+        admit(&mut t, &mut j, "old");
+        let policy = SeatPolicy::new(Some(1), AtUserLimit::ReplaceOldest, Vec::new());
+        let req = AdmitRequest {
+            key: "new".into(),
+            user: "u".into(),
+            server: ServerRef {
+                kind: ServerKind::Ocserv,
+                pid: 1,
+            },
+            remote: String::new(),
+            group: "ops".into(),
+        };
+        let server = ServerId {
+            kind: ServerKind::Ocserv,
+            pid: 1,
+            start_ticks: 1,
+            ns_pid: 1,
+        };
+        let (_, change, replaced) = t.admit(&req, server, 1, &policy, now());
+        let replaced = replaced.expect("the old session is replaced");
+        j.record_all(&[Change::Release(replaced.key), change.unwrap()], &t)
+            .unwrap();
+        drop(j);
+        let (_, t2, w) = open(dir.path());
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(t2.in_use(), 1);
+        assert_eq!(t2.get("new").map(|s| s.group.as_str()), Some("ops"));
+        assert_eq!(t2.peak, 1, "replay never held both");
+    }
+
+    #[test]
+    fn journal_lines_of_older_versions_load_without_a_group() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path()));
+        append(
+            dir.path(),
+            br#"{"admit":{"key":"k","instance":1,"user":"u","remote":"","server":{"kind":"openvpn","pid":5,"start_ticks":1},"since":"2026-11-27T12:00:00Z"}}
+"#,
+        );
+        let (_, t, w) = open(dir.path());
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(t.get("k").map(|s| s.group.as_str()), Some(""));
     }
 
     fn append(dir: &Path, bytes: &[u8]) {

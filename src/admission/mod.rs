@@ -11,6 +11,7 @@ pub mod client;
 pub mod journal;
 pub mod lock;
 pub mod over_cap;
+pub mod policy;
 pub mod protocol;
 pub mod seats;
 pub mod server;

@@ -159,6 +159,7 @@ mod tests {
                 key: format!("k{i}"),
                 instance: i as u64,
                 user: "u".into(),
+                group: String::new(),
                 remote: String::new(),
                 server: ServerId {
                     kind: ServerKind::Openvpn,

@@ -58,6 +58,11 @@ pub struct AdmitRequest {
     pub server: ServerRef,
     #[serde(default)]
     pub remote: String,
+    /// The group the VPN server reports for the user (ocserv GROUPNAME,
+    /// an OpenVPN variable the hook is told to read); empty: none.
+    /// Matched against `[[policy.group]] groups`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub group: String,
 }
 
 /// Which VPN server process holds a session: when it dies, so do its sessions.
@@ -94,6 +99,14 @@ pub enum DenyReason {
     Internal,
     /// The key is held by another VPN server process that is still running.
     KeyHeld,
+    /// The user holds `max_sessions_per_user` sessions already (`[policy]`,
+    /// `at_user_limit = "refuse"`).
+    UserLimit,
+    /// The seats still free are reserved for other users (`[[policy.group]]
+    /// reserved`).
+    Reserved,
+    /// The user's `[[policy.group]]` holds its `max` seats already.
+    GroupLimit,
 }
 
 impl DenyReason {
@@ -106,6 +119,9 @@ impl DenyReason {
             DenyReason::UnknownServer => "unknown_server",
             DenyReason::Internal => "internal",
             DenyReason::KeyHeld => "key_held",
+            DenyReason::UserLimit => "user_limit",
+            DenyReason::Reserved => "reserved",
+            DenyReason::GroupLimit => "group_limit",
         }
     }
 }
@@ -396,8 +412,15 @@ mod tests {
                     pid: 42
                 },
                 remote: "10.0.0.2".into(),
+                group: String::new(),
             })
         );
+        let grouped =
+            br#"{"v":1,"op":"admit","key":"k1","server":{"kind":"ocserv","pid":4},"group":"ops"}"#;
+        match decode(grouped).unwrap() {
+            Request::Admit(a) => assert_eq!((a.user.as_str(), a.group.as_str()), ("", "ops")),
+            other => panic!("admit expected: {other:?}"),
+        }
         assert_eq!(
             decode(br#"{"v":1,"op":"release","key":"k1"}"#).unwrap(),
             Request::Release { key: "k1".into() }

@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use super::journal::Journal;
 use super::protocol::{AdmitRequest, DenyReason};
 use super::table::{Change, Decision, ServerId, Session, Table};
+use crate::config::policy::SeatPolicy;
 
 /// The outcome of an admission request.
 #[derive(Debug)]
@@ -22,6 +23,10 @@ pub struct Admission {
     pub in_use: u32,
     /// The session holding the seat (admitted now or before).
     pub session: Option<Session>,
+    /// The user's oldest session, whose seat the new one took
+    /// (`at_user_limit = "replace_oldest"`): out of the table, to be
+    /// disconnected through its VPN server.
+    pub replaced: Option<Session>,
     /// The journal could not record the admission: it was undone and denied.
     pub fault: Option<io::Error>,
 }
@@ -109,14 +114,16 @@ impl Seats {
         self.table.in_use()
     }
 
-    /// Decides `req` from `server` against `cap`. The same key from another
-    /// server process is a new session only once the old process is gone
-    /// (`old_alive` says whether it still runs): a live holder keeps it.
+    /// Decides `req` from `server` against `cap` and `policy`. The same key
+    /// from another server process is a new session only once the old
+    /// process is gone (`old_alive` says whether it still runs): a live
+    /// holder keeps it.
     pub fn admit(
         &mut self,
         req: &AdmitRequest,
         server: ServerId,
         cap: u32,
+        policy: &SeatPolicy,
         now: DateTime<Utc>,
         old_alive: impl FnOnce(&ServerId) -> bool,
     ) -> (Admission, Fault) {
@@ -129,22 +136,38 @@ impl Seats {
                 fault = self.release_unchecked(&req.key).1;
             }
         }
-        let (decision, change) = self.table.admit(req, server, cap, now);
+        let (decision, change, replaced) = self.table.admit(req, server, cap, policy, now);
         let mut admission = Admission {
             decision,
             cap,
             in_use: 0,
             session: self.table.get(&req.key).cloned(),
+            replaced,
             fault: None,
         };
         if let Some(change) = change {
-            if let Err(e) = self.journal.record(&change, &self.table) {
+            // The replaced session's release and the admission: one write.
+            let mut changes = Vec::with_capacity(2);
+            changes.extend(
+                admission
+                    .replaced
+                    .as_ref()
+                    .map(|s| Change::Release(s.key.clone())),
+            );
+            changes.push(change);
+            if let Err(e) = self.journal.record_all(&changes, &self.table) {
                 self.table.forget(&req.key);
+                if let Some(old) = admission.replaced.take() {
+                    self.table.restore(old);
+                }
                 self.table.denials += 1;
                 admission.decision = Decision::Denied(DenyReason::Internal);
                 admission.session = None;
                 admission.fault = Some(e);
             }
+        }
+        if let Some(old) = &admission.replaced {
+            self.in_flight.remove(&old.key);
         }
         admission.in_use = self.table.in_use();
         (admission, fault)
@@ -203,6 +226,7 @@ impl Seats {
             cap,
             in_use: self.table.in_use(),
             session: None,
+            replaced: None,
             fault: None,
         }
     }

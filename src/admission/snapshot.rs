@@ -109,6 +109,11 @@ mod tests {
                     ns_pid: 7,
                 },
                 since: chrono::DateTime::UNIX_EPOCH,
+                group: if i % 2 == 0 {
+                    "ops".into()
+                } else {
+                    String::new()
+                },
             })
             .collect();
         let mut t = Table::default().with_sessions(sessions);
@@ -152,6 +157,17 @@ mod tests {
             assert_eq!(d.table.lost, LOST_UNKNOWN, "{bytes:?}");
             assert!(d.damage.is_some());
         }
+    }
+
+    #[test]
+    fn sessions_without_a_group_are_written_and_read_as_before() {
+        let t = table(2);
+        let text = String::from_utf8(encode(&t)).unwrap();
+        assert_eq!(text.matches("\"group\"").count(), 1, "{text}");
+        let old = text.replace(",\"group\":\"ops\"", "");
+        let d = decode(old.as_bytes());
+        assert_eq!(d.damage, None);
+        assert!(d.table.sessions().all(|s| s.group.is_empty()));
     }
 
     #[test]

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::policy::{decide, Verdict};
 use super::protocol::{AdmitRequest, DenyReason, ServerKind};
+use crate::config::policy::SeatPolicy;
 
 /// A VPN server process, identified across pid reuse by its start time in
 /// clock ticks since boot (from /proc/PID/stat). `pid` is in the daemon's
@@ -45,6 +47,10 @@ pub struct Session {
     pub remote: String,
     pub server: ServerId,
     pub since: DateTime<Utc>,
+    /// The group the VPN server reported (empty: none, and in records
+    /// written before it was kept).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub group: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,32 +123,29 @@ impl Table {
         self
     }
 
-    /// Decides an admission against `cap`. On admission the returned change
-    /// must be journaled before the answer goes out.
+    /// Decides an admission against `cap` and `policy`. On admission the
+    /// returned change must be journaled before the answer goes out; a
+    /// session the new one replaced (`at_user_limit = "replace_oldest"`) is
+    /// already out of the table and comes back third, to be journaled first.
     pub fn admit(
         &mut self,
         req: &AdmitRequest,
         server: ServerId,
         cap: u32,
+        policy: &SeatPolicy,
         now: DateTime<Utc>,
-    ) -> (Decision, Option<Change>) {
+    ) -> (Decision, Option<Change>, Option<Session>) {
         if self.sessions.contains_key(&req.key) {
-            return (Decision::Admitted { again: true }, None);
+            return (Decision::Admitted { again: true }, None, None);
         }
-        let in_use = self.in_use();
-        let denied = if cap == 0 {
-            Some(DenyReason::NoLicense)
-        } else if in_use > cap {
-            Some(DenyReason::OverCap)
-        } else if in_use == cap {
-            Some(DenyReason::CapReached)
-        } else {
-            None
+        let replace = match decide(self, cap, policy, &req.user, &req.group) {
+            Verdict::Admit { replace } => replace,
+            Verdict::Deny(reason) => {
+                self.denials += 1;
+                return (Decision::Denied(reason), None, None);
+            }
         };
-        if let Some(reason) = denied {
-            self.denials += 1;
-            return (Decision::Denied(reason), None);
-        }
+        let replaced = replace.and_then(|s| self.sessions.remove(&s.key));
         let session = Session {
             key: req.key.clone(),
             instance: self.instances + 1,
@@ -150,10 +153,17 @@ impl Table {
             remote: req.remote.clone(),
             server,
             since: now,
+            group: req.group.clone(),
         };
         let change = Change::Admit(session);
         self.apply(&change, now);
-        (Decision::Admitted { again: false }, Some(change))
+        (Decision::Admitted { again: false }, Some(change), replaced)
+    }
+
+    /// Puts back a session taken out by a replacement that could not be
+    /// recorded (no peak is counted: it held its seat all along).
+    pub fn restore(&mut self, session: Session) {
+        self.sessions.insert(session.key.clone(), session);
     }
 
     /// Frees a session's seat. Unknown keys are no-ops and return None.
@@ -239,6 +249,7 @@ mod tests {
                 pid: 10,
             },
             remote: "192.0.2.1".into(),
+            group: String::new(),
         }
     }
 
@@ -256,12 +267,20 @@ mod tests {
         let mut t = Table::default();
         for i in 0..3 {
             assert_eq!(
-                t.admit(&req(&format!("k{i}")), server(10), 3, now()).0,
+                t.admit(
+                    &req(&format!("k{i}")),
+                    server(10),
+                    3,
+                    &SeatPolicy::default(),
+                    now()
+                )
+                .0,
                 Decision::Admitted { again: false }
             );
         }
         assert_eq!(
-            t.admit(&req("k3"), server(10), 3, now()).0,
+            t.admit(&req("k3"), server(10), 3, &SeatPolicy::default(), now())
+                .0,
             Decision::Denied(DenyReason::CapReached)
         );
         assert_eq!(t.in_use(), 3);
@@ -275,7 +294,13 @@ mod tests {
         let day = |d: i64| now() + chrono::Duration::days(d);
         for d in 0..40i64 {
             for i in 0..(d % 5 + 1) {
-                t.admit(&req(&format!("d{d}-{i}")), server(10), 100, day(d));
+                t.admit(
+                    &req(&format!("d{d}-{i}")),
+                    server(10),
+                    100,
+                    &SeatPolicy::default(),
+                    day(d),
+                );
             }
             for i in 0..(d % 5 + 1) {
                 t.release(&format!("d{d}-{i}"));
@@ -290,8 +315,8 @@ mod tests {
     #[test]
     fn repeated_admit_does_not_count_twice() {
         let mut t = Table::default();
-        t.admit(&req("k"), server(10), 1, now());
-        let (d, change) = t.admit(&req("k"), server(10), 1, now());
+        t.admit(&req("k"), server(10), 1, &SeatPolicy::default(), now());
+        let (d, change, _) = t.admit(&req("k"), server(10), 1, &SeatPolicy::default(), now());
         assert_eq!(d, Decision::Admitted { again: true });
         assert_eq!(change, None);
         assert_eq!(t.in_use(), 1);
@@ -300,10 +325,11 @@ mod tests {
     #[test]
     fn releasing_unknown_keys_changes_nothing() {
         let mut t = Table::default();
-        t.admit(&req("k"), server(10), 2, now());
+        t.admit(&req("k"), server(10), 2, &SeatPolicy::default(), now());
         // A rejected client's disconnect: its key never got a seat.
         assert_eq!(
-            t.admit(&req("k2"), server(10), 1, now()).0,
+            t.admit(&req("k2"), server(10), 1, &SeatPolicy::default(), now())
+                .0,
             Decision::Denied(DenyReason::CapReached)
         );
         assert!(t.release("k2").is_none());
@@ -314,23 +340,32 @@ mod tests {
     fn over_cap_drains() {
         let mut t = Table::default();
         for i in 0..5 {
-            t.admit(&req(&format!("k{i}")), server(10), 5, now());
+            t.admit(
+                &req(&format!("k{i}")),
+                server(10),
+                5,
+                &SeatPolicy::default(),
+                now(),
+            );
         }
         // The cap dropped to 2: existing sessions stay, new ones wait.
         assert_eq!(
-            t.admit(&req("new"), server(10), 2, now()).0,
+            t.admit(&req("new"), server(10), 2, &SeatPolicy::default(), now())
+                .0,
             Decision::Denied(DenyReason::OverCap)
         );
         for i in 0..3 {
             t.release(&format!("k{i}"));
         }
         assert_eq!(
-            t.admit(&req("new"), server(10), 2, now()).0,
+            t.admit(&req("new"), server(10), 2, &SeatPolicy::default(), now())
+                .0,
             Decision::Denied(DenyReason::CapReached)
         );
         t.release("k3");
         assert_eq!(
-            t.admit(&req("new"), server(10), 2, now()).0,
+            t.admit(&req("new"), server(10), 2, &SeatPolicy::default(), now())
+                .0,
             Decision::Admitted { again: false }
         );
     }
@@ -339,7 +374,8 @@ mod tests {
     fn zero_cap_is_no_license() {
         let mut t = Table::default();
         assert_eq!(
-            t.admit(&req("k"), server(10), 0, now()).0,
+            t.admit(&req("k"), server(10), 0, &SeatPolicy::default(), now())
+                .0,
             Decision::Denied(DenyReason::NoLicense)
         );
     }
@@ -347,9 +383,9 @@ mod tests {
     #[test]
     fn dead_server_releases_only_its_sessions() {
         let mut t = Table::default();
-        t.admit(&req("a"), server(10), 9, now());
-        t.admit(&req("b"), server(10), 9, now());
-        t.admit(&req("c"), server(11), 9, now());
+        t.admit(&req("a"), server(10), 9, &SeatPolicy::default(), now());
+        t.admit(&req("b"), server(10), 9, &SeatPolicy::default(), now());
+        t.admit(&req("c"), server(11), 9, &SeatPolicy::default(), now());
         assert_eq!(t.servers(), vec![server(10), server(11)]);
         let freed = t.release_server(server(10));
         assert_eq!(freed.len(), 2);
@@ -370,7 +406,7 @@ mod tests {
             for (is_admit, k) in ops {
                 let key = format!("k{k}");
                 if is_admit {
-                    let (_, change) = t.admit(&req(&key), server(10), cap, now());
+                    let (_, change, _) = t.admit(&req(&key), server(10), cap, &SeatPolicy::default(), now());
                     log.extend(change);
                 } else if let Some((_, change)) = t.release(&key) {
                     log.push(change);

@@ -8,25 +8,29 @@ use serde::de::DeserializeOwned;
 
 use super::{problem, Problem};
 
-/// Reads `text` as `T`. A syntax error ends the reading (one problem, with
-/// its line); keys of the wrong type or unknown ones are left out of the
-/// result and listed: the second value, with the keys left out (so their
-/// defaults are not reported as missing), the third.
-pub fn read<T: DeserializeOwned>(
-    text: &str,
-) -> Result<(T, Vec<Problem>, Vec<String>), Vec<Problem>> {
+/// What `read` gives: the shape, the problems, the keys left out, and the
+/// top-level key set aside (read by hand by its own module).
+pub type Read<T> = (T, Vec<Problem>, Vec<String>, Option<toml::Value>);
+
+/// Reads `text` as `T`, but for the top-level key `aside`, which is taken
+/// out and returned as it is. A syntax error ends the reading (one problem,
+/// with its line); keys of the wrong type or unknown ones are left out of
+/// the result and listed: the second value, with the keys left out (so
+/// their defaults are not reported as missing), the third.
+pub fn read<T: DeserializeOwned>(text: &str, aside: &str) -> Result<Read<T>, Vec<Problem>> {
     let mut table: toml::Table = toml::from_str(text).map_err(|e| {
         let key = e.span().map_or("(file)".to_string(), |s| {
             format!("line {}", text[..s.start].matches('\n').count() + 1)
         });
         vec![problem(&key, e.message().to_string())]
     })?;
+    let aside = table.remove(aside);
     let mut problems = Vec::new();
     let mut left_out = Vec::new();
     // Each round sets one key aside; a config has fewer keys than this.
     for _ in 0..1000 {
         let e = match T::deserialize(toml::Value::Table(table.clone())) {
-            Ok(v) => return Ok((v, problems, left_out)),
+            Ok(v) => return Ok((v, problems, left_out, aside)),
             Err(e) => e,
         };
         let message = e.message().to_string();
@@ -62,7 +66,7 @@ pub fn read<T: DeserializeOwned>(
 
 /// Where `name` is set under the table `parent` ("" for the top): its line
 /// (from 1) and, under an array of tables (`[[parent]]`), the entry's index.
-fn locate(text: &str, parent: &str, name: &str) -> Option<(Option<usize>, usize)> {
+pub(super) fn locate(text: &str, parent: &str, name: &str) -> Option<(Option<usize>, usize)> {
     let mut section = String::new();
     let mut entries: Option<usize> = None;
     let mut seen = 0;
@@ -239,7 +243,7 @@ mod tests {
     fn every_wrong_key_in_plain_words() {
         let text =
             "n = \"12\"\ns = 3\n[sub]\nb = 1\nnames = [1]\ntypo = 2\n[[list]]\nb = \"yes\"\n";
-        let (shape, problems, left_out) = read::<Shape>(text).unwrap();
+        let (shape, problems, left_out, _) = read::<Shape>(text, "").unwrap();
         let got: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         assert_eq!(
             got,
@@ -258,12 +262,12 @@ mod tests {
 
     #[test]
     fn out_of_range_and_syntax() {
-        let problems = read::<Shape>("n = -1\n").unwrap().1;
+        let problems = read::<Shape>("n = -1\n", "").unwrap().1;
         assert_eq!(
             problems[0].to_string(),
             "n (line 1): -1 is out of range; expected a whole number from 0 to 4294967295"
         );
-        let problems = read::<Shape>("n = \n").err().unwrap();
+        let problems = read::<Shape>("n = \n", "").err().unwrap();
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].key, "line 1");
     }

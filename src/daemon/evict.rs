@@ -33,7 +33,6 @@ pub enum Why {
     /// live tunnel's seat would let one more in over the cap.
     OverCap,
     /// A seat policy rule (e.g. "replace_oldest"); like `OverCap`.
-    #[allow(dead_code)] // the seat policy's rules call it (issue 14, merged apart)
     Policy(&'static str),
 }
 
@@ -153,7 +152,6 @@ async fn disconnect_now(shared: &Shared, sessions: Vec<Session>, why: Why) -> Ve
 
 /// `disconnect` on its own task, for callers that must not wait (an
 /// admission): the outcome is in the log.
-#[allow(dead_code)] // the seat policy's replace_oldest calls it (issue 14, merged apart)
 pub fn spawn_disconnect(shared: Arc<Shared>, sessions: Vec<Session>, why: Why) {
     spawn(Box::pin(async move {
         disconnect(&shared, sessions, why).await;
@@ -267,6 +265,7 @@ mod tests {
                 key: "k".into(),
                 instance: 1,
                 user: "u".into(),
+                group: String::new(),
                 remote: String::new(),
                 server: ServerId {
                     kind: ServerKind::Openvpn,

@@ -204,7 +204,7 @@ impl Shared {
         }))
     }
 
-    fn admit(&self, conn: &mut Conn, peer: &Peer, req: &AdmitRequest) -> Reply {
+    fn admit(self: &Arc<Self>, conn: &mut Conn, peer: &Peer, req: &AdmitRequest) -> Reply {
         let started = Instant::now();
         let now = Utc::now();
         // /proc is read outside the lock, once per connection and server.
@@ -223,7 +223,9 @@ impl Shared {
         let parts = state.cap_parts(now, mono);
         let cap = parts.total();
         let (admission, fault) = match server {
-            Some(server) => state.seats.admit(req, server, cap, now, alive),
+            Some(server) => state
+                .seats
+                .admit(req, server, cap, &config.policy, now, alive),
             None => (state.seats.deny(DenyReason::UnknownServer, cap), None),
         };
         let mut first_at_cap = false;
@@ -278,10 +280,27 @@ impl Shared {
         log_release_fault(fault);
         log_admission(req, &admission, &self.denying, first_at_cap);
         alerting::log(alert, admission.in_use, cap);
+        let bytes = Response::Admit(admit_response(&admission)).encode();
+        if let Some(old) = admission.replaced {
+            self.disconnect_replaced(old);
+        }
         Reply {
-            bytes: Bytes::Owned(Response::Admit(admit_response(&admission)).encode()),
+            bytes: Bytes::Owned(bytes),
             undo,
         }
+    }
+
+    /// A session whose seat a new session of its user took
+    /// (`at_user_limit = "replace_oldest"`): its seat is free already (the
+    /// count never went up); the VPN server must now end it. The outcome
+    /// is logged; a server that does not confirm leaves that tunnel up
+    /// without a seat, which the log says.
+    fn disconnect_replaced(self: &Arc<Self>, session: Session) {
+        evict::spawn_disconnect(
+            self.clone(),
+            vec![session],
+            Why::Policy("user limit: replaced the oldest session of the user"),
+        );
     }
 
     /// The asker of a release by a hook: the server process holding the
@@ -345,7 +364,10 @@ impl Shared {
                 tokio::task::spawn_blocking(move || {
                     let (started, cpu) = (Instant::now(), process::thread_cpu_time());
                     let write = |line: &mut Vec<u8>| {
-                        let status = self.peek().status(Utc::now(), Instant::now());
+                        let config = self.config();
+                        let status = self
+                            .peek()
+                            .status(Utc::now(), Instant::now(), &config.policy);
                         serde_json::to_writer(&mut *line, &status)
                             .expect("a status always serialises");
                         // Only a large table is ever served stale for a while.
@@ -447,6 +469,16 @@ fn deny_message(reason: DenyReason, cap: u32, in_use: u32) -> String {
         DenyReason::Internal => "the daemon could not record the session; see its log".into(),
         DenyReason::KeyHeld => {
             "this session key is held by another VPN server process that is still running".into()
+        }
+        DenyReason::UserLimit => {
+            "this user holds as many sessions as one user may ([policy] max_sessions_per_user)"
+                .into()
+        }
+        DenyReason::Reserved => {
+            "every free seat is reserved for other users ([[policy.group]] reserved)".into()
+        }
+        DenyReason::GroupLimit => {
+            "this user's group holds all the seats it may ([[policy.group]] max)".into()
         }
     }
 }

@@ -21,11 +21,12 @@ use crate::alerts::{Thresholds, Tracker};
 use crate::cloud::demand::{Attempts, PoolSeen, PoolView};
 use crate::cloud::policy::SyncRecord;
 use crate::cloud::wire::{PoolReport, POOL_HEADROOM};
+use crate::config::policy::SeatPolicy;
 use crate::config::Config;
 use crate::license::in_force::Licenses;
 use crate::license::lease::{pool_usage, LeaseBook};
 use crate::license::Cap;
-use crate::status::{AdmissionStats, PoolStatus, Rounds, Status};
+use crate::status::{AdmissionStats, PolicyStatus, PoolStatus, Rounds, Status};
 use crate::usage::History;
 
 pub struct State {
@@ -252,7 +253,7 @@ impl State {
         }
     }
 
-    pub fn status(&self, system: DateTime<Utc>, mono: Instant) -> Status {
+    pub fn status(&self, system: DateTime<Utc>, mono: Instant, policy: &SeatPolicy) -> Status {
         let mut status = Status::build(
             &self.device,
             self.seats.table(),
@@ -280,6 +281,7 @@ impl State {
             status.over_cap =
                 over_cap::plan(self.seats.table(), cap, order, grace, over_for, system);
         }
+        status.policy = PolicyStatus::build(policy, self.seats.table(), status.cap_total);
         status
     }
 }

@@ -25,6 +25,7 @@ pub fn action(env: &HashMap<String, String>) -> Result<Action, EnvError> {
             pid,
         },
         remote: get(env, "IP_REAL").to_string(),
+        group: get(env, "GROUPNAME").to_string(),
     }))
 }
 
@@ -50,7 +51,13 @@ mod tests {
             }
         );
         assert_eq!(req.key, "ocserv:14500:user1");
+        assert_eq!(req.group, "");
         let mut env = env;
+        env.insert("GROUPNAME".into(), "ops".into());
+        let Action::Connect(req) = action(&env).unwrap() else {
+            panic!("connect expected")
+        };
+        assert_eq!(req.group, "ops");
         env.insert("REASON".into(), "disconnect".into());
         assert_eq!(
             action(&env).unwrap(),

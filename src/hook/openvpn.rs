@@ -3,12 +3,17 @@
 //! connect to disconnect of one client instance: the server instance
 //! (`daemon_pid`, `daemon_start_time`), the instance's creation time
 //! (`time_unix`), `common_name` and the pool address. `trusted_port` can
-//! change and is left out.
+//! change and is left out. The user's group for `[policy]` is the value of
+//! the variable `SEATGATE_GROUP_VAR` names (set by `--setenv`, e.g.
+//! `X509_0_OU`, or a variable the server's auth sets); none without it.
 
 use std::collections::HashMap;
 
 use super::{get, need, phase, pid, Action, EnvError};
 use crate::admission::protocol::{AdmitRequest, ServerKind, ServerRef};
+
+/// The variable naming the variable that holds the user's group.
+pub const GROUP_VAR: &str = "SEATGATE_GROUP_VAR";
 
 pub fn action(env: &HashMap<String, String>) -> Result<Action, EnvError> {
     let pid = pid(env, "daemon_pid", "process id")?;
@@ -37,6 +42,7 @@ pub fn action(env: &HashMap<String, String>) -> Result<Action, EnvError> {
             pid,
         },
         remote: get(env, "trusted_ip").to_string(),
+        group: get(env, get(env, GROUP_VAR)).to_string(),
     }))
 }
 
@@ -74,6 +80,24 @@ mod tests {
             key(&disconnect),
             "connect and disconnect of one client share a key"
         );
+    }
+
+    #[test]
+    fn the_group_is_the_variable_seatgate_group_var_names() {
+        let mut env = sample(include_str!(
+            "../../tests/vpn/env-samples/openvpn-client-connect-admitted.env"
+        ));
+        let group = |env: &HashMap<String, String>| match action(env).unwrap() {
+            Action::Connect(r) => r.group,
+            other => panic!("connect expected: {other:?}"),
+        };
+        assert_eq!(group(&env), "", "no variable named: no group");
+        env.insert(GROUP_VAR.into(), "X509_0_OU".into());
+        assert_eq!(group(&env), "", "the named variable is unset");
+        env.insert("X509_0_OU".into(), "ops".into());
+        assert_eq!(group(&env), "ops");
+        env.insert(GROUP_VAR.into(), "common_name".into());
+        assert_eq!(group(&env), "client1");
     }
 
     #[test]

@@ -170,6 +170,7 @@ mod tests {
                 ns_pid: pid,
             },
             since: at(since),
+            group: String::new(),
         }
     }
 

@@ -163,6 +163,42 @@ fn check_values_match_the_file(path: &Path, c: &Config) {
             }
         }
     }
+    let policy = raw.get("policy");
+    let limit = policy.and_then(|p| p.get("max_sessions_per_user"));
+    assert_eq!(
+        c.policy.max_sessions_per_user.map(i64::from),
+        limit.map(|v| v.as_integer().unwrap()),
+        "{name}: policy.max_sessions_per_user"
+    );
+    if let Some(v) = policy.and_then(|p| p.get("at_user_limit")) {
+        let ours = c.policy.at_user_limit.as_str();
+        assert_eq!(Some(ours), v.as_str(), "{name}: policy.at_user_limit");
+    }
+    let groups = policy
+        .and_then(|p| p.get("group"))
+        .map(|g| g.as_array().unwrap().clone())
+        .unwrap_or_default();
+    assert_eq!(
+        c.policy.groups.len(),
+        groups.len(),
+        "{name}: [[policy.group]]"
+    );
+    for (g, ours) in groups.iter().zip(&c.policy.groups) {
+        let what = format!("{name}: policy.group {}", ours.name);
+        assert_eq!(ours.name, g["name"].as_str().unwrap(), "{what}");
+        let list = |k: &str| g.get(k).map(strings).unwrap_or_default();
+        assert_eq!(
+            (&ours.users, &ours.groups),
+            (&list("users"), &list("groups")),
+            "{what}"
+        );
+        let n = |k: &str| g.get(k).map(|v| v.as_integer().unwrap() as u32);
+        assert_eq!(
+            (ours.reserved, ours.max),
+            (n("reserved").unwrap_or(0), n("max")),
+            "{what}"
+        );
+    }
     match (raw.get("cloud"), &c.cloud) {
         (None, None) => {}
         (Some(raw), Some(cloud)) => {
@@ -220,6 +256,68 @@ fn a_new_example_file_is_picked_up_without_editing_the_tests() {
             dir.path().join("new-gateway.toml")
         ]
     );
+}
+
+/// The worked example of docs/policy.md and config/examples/seat-policy.toml,
+/// decided by the admission core with the example's own policy.
+#[test]
+fn seat_policy_example_does_what_its_comments_say() {
+    use seatgate::admission::protocol::{AdmitRequest, DenyReason, ServerKind, ServerRef};
+    use seatgate::admission::table::{Decision, ServerId, Table};
+    let c = example("seat-policy.toml");
+    let p = &c.policy;
+    let mut t = Table::default();
+    let server = ServerId {
+        kind: ServerKind::Ocserv,
+        pid: 1,
+        start_ticks: 1,
+        ns_pid: 1,
+    };
+    let now = chrono::Utc::now();
+    let mut n = 0;
+    let mut admit = |t: &mut Table, user: &str, group: &str| {
+        n += 1;
+        let req = AdmitRequest {
+            key: format!("k{n}"),
+            user: user.into(),
+            server: ServerRef {
+                kind: ServerKind::Ocserv,
+                pid: 1,
+            },
+            remote: String::new(),
+            group: group.into(),
+        };
+        let (d, _, replaced) = t.admit(&req, server, 32, p, now + chrono::Duration::seconds(n));
+        (d, replaced.map(|s| s.key))
+    };
+    let yes = (Decision::Admitted { again: false }, None);
+    let no = |r| (Decision::Denied(r), None);
+    for i in 0..5 {
+        assert_eq!(admit(&mut t, &format!("ext{i}"), "contractors"), yes);
+    }
+    assert_eq!(
+        admit(&mut t, "ext5", "contractors"),
+        no(DenyReason::GroupLimit)
+    );
+    for i in 5..30 {
+        assert_eq!(admit(&mut t, &format!("u{i}"), ""), yes);
+    }
+    assert_eq!(t.in_use(), 30);
+    assert_eq!(admit(&mut t, "carol", ""), no(DenyReason::Reserved));
+    assert_eq!(admit(&mut t, "alice", ""), yes);
+    assert_eq!(admit(&mut t, "bob", ""), yes);
+    assert_eq!(t.in_use(), 32);
+    // A second device of u5 at a full gateway: refused for want of seats.
+    assert_eq!(admit(&mut t, "u5", ""), no(DenyReason::CapReached));
+    // u6 leaves; alice's second device gets in, her third takes the seat
+    // of her oldest session (k33).
+    t.release("k8");
+    assert_eq!(admit(&mut t, "alice", ""), yes);
+    assert_eq!(
+        admit(&mut t, "alice", ""),
+        (Decision::Admitted { again: false }, Some("k33".into()))
+    );
+    assert_eq!(t.in_use(), 32);
 }
 
 #[test]

@@ -30,6 +30,7 @@ fn self_admit(key: &str, user: &str) -> Request {
             pid: std::process::id(),
         },
         remote: "192.0.2.1".into(),
+        group: String::new(),
     })
 }
 
@@ -509,6 +510,65 @@ fn a_full_runtime_directory_fails_admissions_closed_and_recovers_by_itself() {
     });
     assert!(admitted(&server.try_call(&server.admit("k3")).unwrap()));
     assert_eq!(d.status().in_use, held + 1);
+}
+
+/// A replacement (`at_user_limit = "replace_oldest"`) on a full runtime
+/// directory: the release of the oldest session and the new admission are
+/// one write, so when it fails neither happened: the user keeps the session
+/// held, the new one is refused, and a restart finds exactly what was
+/// acknowledged.
+#[test]
+fn a_replacement_on_a_full_runtime_directory_keeps_the_session_held() {
+    require_root("mounts a small tmpfs");
+    let gw = Gateway::new(10);
+    gw.write(&gw.config().policy(concat!(
+        "[policy]\nmax_sessions_per_user = 1\nat_user_limit = \"replace_oldest\"\n",
+        // Required with replace_oldest; no server listens there.
+        "[[reconcile]]\nkind = \"openvpn\"\nmanagement = \"mgmt.sock\"\ninterval_ms = 3600000\n",
+    )));
+    let fs = Tmpfs::mount(&gw.path("run"), "256k");
+    let d = gw.start();
+    let server = FakeServer::start(&gw.socket());
+    let admit = |key: &str| {
+        let mut req = server.admit(key);
+        if let Request::Admit(a) = &mut req {
+            a.user = "alice".into();
+        }
+        server.try_call(&req).unwrap()
+    };
+    assert!(admitted(&admit("r0")));
+    assert!(admitted(&admit("r1")), "r1 replaces r0");
+    assert_eq!(d.status().sessions.len(), 1);
+    fs.fill();
+    let mut last = "r1".to_string();
+    let refused = (2..200).find_map(|i| {
+        let key = format!("r{i}");
+        let r = admit(&key);
+        if admitted(&r) {
+            last = key;
+            None
+        } else {
+            Some(r)
+        }
+    });
+    let r = refused.expect("admissions are refused on a full directory");
+    assert_eq!(denied_with(&r), Some(DenyReason::Internal), "{r:?}");
+    let keys =
+        |d: &Daemon| -> Vec<String> { d.status().sessions.iter().map(|s| s.key.clone()).collect() };
+    assert_eq!(keys(&d), [last.clone()], "the held session is kept");
+    d.kill9();
+    let d = gw.start();
+    assert_eq!(
+        keys(&d),
+        [last.clone()],
+        "what was acknowledged, after a restart"
+    );
+    std::fs::remove_file(gw.path("run/fill")).unwrap();
+    wait_for("the fault to clear", Duration::from_secs(10), || {
+        d.status().warnings.is_empty().then_some(())
+    });
+    assert!(admitted(&admit("after")));
+    assert_eq!(keys(&d), ["after"]);
 }
 
 /// Attack 12: `sessions.journal` was 0644 in a 0755 directory: any local

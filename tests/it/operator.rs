@@ -113,6 +113,7 @@ fn status_lists_the_last_denials_and_counts_them_by_reason() {
             pid: other.id(),
         },
         remote: "198.51.100.9".into(),
+        group: String::new(),
     });
     match call(&d.socket, &stranger).unwrap() {
         Response::Admit(a) => assert_eq!(a.reason, Some(DenyReason::UnknownServer), "{a:?}"),

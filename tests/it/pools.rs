@@ -35,7 +35,7 @@ pub(super) fn pool_gateway(cloud: &DevCloud, serial: &str) -> Gateway {
 
 pub(super) fn status(socket: &std::path::Path) -> Option<Status> {
     match call(socket, &Request::Status).ok()? {
-        Response::Status(s) => serde_json::from_value(s.status).ok(),
+        Response::Status(s) => Status::from_json(s.status).ok(),
         _ => None,
     }
 }
@@ -187,6 +187,7 @@ impl Rig {
                                 pid: pids[i],
                             },
                             remote: "192.0.2.9".into(),
+                            group: String::new(),
                         });
                         if call(&relays[i], &req).is_ok_and(|r| admitted(&r)) {
                             held[i].push(key);

@@ -85,6 +85,7 @@ pub struct ConfigBuilder {
     admission: String,
     cloud: Option<Cloud>,
     reconcile: Vec<String>,
+    policy: String,
 }
 
 /// A `[cloud]` section: where and as whom, and how fast to poll.
@@ -109,6 +110,7 @@ impl ConfigBuilder {
             admission: String::new(),
             cloud: None,
             reconcile: Vec::new(),
+            policy: String::new(),
         }
     }
 
@@ -148,6 +150,13 @@ impl ConfigBuilder {
         self
     }
 
+    /// `[policy]` and `[[policy.group]]` lines, as they go in the file.
+    pub fn policy(mut self, text: &str) -> Self {
+        self.policy.push_str(text);
+        self.policy.push('\n');
+        self
+    }
+
     pub fn build(&self) -> String {
         let mut t = format!("device = \"{}\"\n", self.device);
         if let Some(level) = &self.log_level {
@@ -176,7 +185,7 @@ impl ConfigBuilder {
         for r in &self.reconcile {
             t += &format!("[[reconcile]]\n{r}\n");
         }
-        t
+        t + &self.policy
     }
 
     pub fn write(&self, path: &Path) {
@@ -371,7 +380,7 @@ impl Drop for Daemon {
 
 pub fn status_of(socket: &Path) -> Status {
     match call(socket, &Request::Status).unwrap() {
-        Response::Status(s) => serde_json::from_value(s.status).unwrap(),
+        Response::Status(s) => Status::from_json(s.status).unwrap(),
         other => panic!("status expected, got {other:?}"),
     }
 }
@@ -543,6 +552,7 @@ impl FakeServer {
                 pid: self.pid(),
             },
             remote: "192.0.2.7".into(),
+            group: String::new(),
         })
     }
 

@@ -404,7 +404,15 @@ impl OpenvpnServer {
     /// `hook`: the client-connect/-disconnect command; `socket`: the
     /// seatgate socket given to it with `setenv SEATGATE_SOCKET`.
     pub fn start(ns: &Netns, hook: &str, socket: &Path) -> OpenvpnServer {
+        Self::start_with(ns, hook, socket, "")
+    }
+
+    /// The same with `extra` lines at the end of its config (e.g.
+    /// `duplicate-cn`, `setenv SEATGATE_GROUP_VAR common_name`).
+    pub fn start_with(ns: &Netns, hook: &str, socket: &Path, extra: &str) -> OpenvpnServer {
         let conf = Self::config(ns, hook, socket);
+        let text = std::fs::read_to_string(&conf).unwrap();
+        std::fs::write(&conf, format!("{text}{extra}\n")).unwrap();
         Self::run(ns, conf)
     }
 
@@ -471,8 +479,15 @@ pub enum Outcome {
 /// Starts OpenVPN client `clientN` over TCP; `extra` lines go at the end of
 /// its config (e.g. `data-ciphers AES-192-GCM`).
 pub fn openvpn_client(ns: &Netns, n: usize, extra: &str) -> Proc {
+    openvpn_client_as(ns, n, &format!("client{n}"), extra)
+}
+
+/// Starts an OpenVPN client named `name` (its config and log) with the
+/// certificate of `clientN`: several clients may share one certificate
+/// (a server with `duplicate-cn` admits them all).
+pub fn openvpn_client_as(ns: &Netns, n: usize, name: &str, extra: &str) -> Proc {
     let dir = ns.dir.path().to_string_lossy().into_owned();
-    let name = format!("client{n}");
+    let cert = format!("client{n}");
     let conf = ns.render(
         "openvpn-client.conf.tmpl",
         &format!("{name}.conf"),
@@ -480,7 +495,7 @@ pub fn openvpn_client(ns: &Netns, n: usize, extra: &str) -> Proc {
             ("@DIR@", &dir),
             ("@PROTO@", "tcp4-client"),
             ("@PORT@", OPENVPN_PORT),
-            ("@CLIENT@", &name),
+            ("@CLIENT@", &cert),
             // UDP-only option; TCP sees the close at once.
             ("explicit-exit-notify 1", ""),
         ],
@@ -493,7 +508,7 @@ pub fn openvpn_client(ns: &Netns, n: usize, extra: &str) -> Proc {
     }
     let mut cmd = ns.command("openvpn");
     cmd.arg("--config").arg(conf);
-    ns.spawn(&name, cmd)
+    ns.spawn(name, cmd)
 }
 
 /// Waits for an OpenVPN client to connect or be refused (judged by its log:
@@ -515,11 +530,21 @@ pub struct Ocserv {
 
 impl Ocserv {
     pub fn start(ns: &Netns, users: usize, hook: &str, socket: &Path) -> Ocserv {
+        Self::start_with_groups(ns, &vec![""; users], hook, socket)
+    }
+
+    /// The same with user N (from 1) in the plain-auth group `groups[N-1]`
+    /// ("" for none): ocserv then reports it as GROUPNAME.
+    pub fn start_with_groups(ns: &Netns, groups: &[&str], hook: &str, socket: &Path) -> Ocserv {
         let dir = ns.dir.path().to_string_lossy().into_owned();
         let mut mk = Command::new(vpn_dir().join("mkocpasswd.sh"));
         mk.arg(ns.path("ocpasswd"));
-        for i in 1..=users {
-            mk.arg(format!("user{i}:pass{i}"));
+        for (i, g) in groups.iter().enumerate() {
+            let i = i + 1;
+            match *g {
+                "" => mk.arg(format!("user{i}:pass{i}")),
+                g => mk.arg(format!("user{i}:pass{i}:{g}")),
+            };
         }
         assert!(mk.status().unwrap().success(), "mkocpasswd.sh failed");
         // ocserv.conf takes the script path without arguments: a wrapper.
