@@ -140,6 +140,7 @@ impl Load {
             let req = Request::Admit(AdmitRequest {
                 key: u.key.clone(),
                 user: u.user.clone(),
+                group: String::new(),
                 server: ServerRef {
                     kind: ServerKind::Other,
                     pid: me,
