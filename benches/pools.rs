@@ -15,9 +15,12 @@
 //! devcloud SIGKILLed 300 ms into the move and restarted 1 s later (a
 //! restarted cloud grants nothing beyond reported usage for one lease
 //! length, so that move completes about one lease after it is back).
+//! Then the move again with the pool full: gateway B holds every pool seat
+//! A does not, so C gets a seat only once A has given one back (the
+//! largest pool sum is then the pool's seats, and never more).
 //!
-//! `SEATGATE_BENCH=move` or `=cloud-kill` runs one part (unset or `all`:
-//! both); `SEATGATE_BENCH_LEASES=3,30` picks lease lengths in seconds
+//! `SEATGATE_BENCH=move`, `=cloud-kill` or `=full` runs one part (unset or
+//! `all`: all three); `SEATGATE_BENCH_LEASES=3,30` picks lease lengths in seconds
 //! (default 3,30,300; the 300 s cloud-kill case alone takes over 5 min).
 //! The load client is the VPN server its admissions name (kind `other`,
 //! its own pid), so no relay process sits in between.
@@ -50,7 +53,19 @@ const LEAVING: Duration = Duration::from_millis(500);
 const KILL_AFTER: Duration = Duration::from_millis(300);
 const DOWN_FOR: Duration = Duration::from_secs(1);
 const A: usize = 0;
+const B: usize = 1;
 const C: usize = 2;
+
+/// How a move is run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    /// Seats are free in the pool.
+    Free,
+    /// The cloud is SIGKILLed mid-move.
+    CloudKill,
+    /// B holds every pool seat A does not.
+    Full,
+}
 
 struct User {
     gw: usize,
@@ -213,8 +228,9 @@ fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
 
-/// One move at `lease_ms`; with `kill`, the cloud dies mid-move.
-fn one_move(lease_ms: u64, kill: bool) -> u32 {
+/// One move at `lease_ms`.
+fn one_move(lease_ms: u64, variant: Variant) -> u32 {
+    let kill = variant == Variant::CloudKill;
     let lease = Duration::from_millis(lease_ms);
     let limit = lease + Duration::from_secs(60);
     let mut rig = rig(lease_ms);
@@ -229,6 +245,22 @@ fn one_move(lease_ms: u64, kill: bool) -> u32 {
         );
         return load.violations;
     };
+    if variant == Variant::Full {
+        // B takes the rest of the pool (its built-in seats on top).
+        let rest = POOL - (USERS as u32 - BUILTIN);
+        load.arrive(B, (rest + BUILTIN) as usize);
+        if load
+            .run_until(limit, |l| l.held(B) == rest + BUILTIN)
+            .is_none()
+        {
+            println!(
+                "lease {} s: B never filled the pool (holds {})",
+                lease.as_secs(),
+                load.held(B)
+            );
+            return load.violations;
+        }
+    }
     // Pacing: the pool settles under A's demand before it moves.
     load.run_until(Duration::from_secs(1), |_| false);
     let t0 = Instant::now();
@@ -250,7 +282,8 @@ fn one_move(lease_ms: u64, kill: bool) -> u32 {
     };
     let what = match (moved, back) {
         (Some(m), None) => format!(
-            "demand moved in {} ({})",
+            "{}demand moved in {} ({})",
+            if variant == Variant::Full { "pool full: " } else { "" },
             secs(m),
             if m < GOAL { "goal < 2 s MET" } else { "goal < 2 s NOT MET" }
         ),
@@ -292,25 +325,23 @@ fn main() {
             secs * 1000
         })
         .collect();
-    let (moves, kills) = match std::env::var("SEATGATE_BENCH").unwrap_or_default().as_str() {
-        "" | "all" => (true, true),
-        "move" => (true, false),
-        "cloud-kill" => (false, true),
-        other => {
-            panic!("SEATGATE_BENCH={other:?}: use move, cloud-kill or all (or leave it unset)")
-        }
+    let variants = match std::env::var("SEATGATE_BENCH").unwrap_or_default().as_str() {
+        "" | "all" => vec![Variant::Free, Variant::CloudKill, Variant::Full],
+        "move" => vec![Variant::Free],
+        "cloud-kill" => vec![Variant::CloudKill],
+        "full" => vec![Variant::Full],
+        other => panic!(
+            "SEATGATE_BENCH={other:?}: use move, cloud-kill, full or all (or leave it unset)"
+        ),
     };
     println!(
         "pool of {POOL} seats, 3 gateways; {USERS} users move from A to C, retrying every {} ms",
         RETRY.as_millis()
     );
     let mut violations = 0;
-    for (run, kill) in [(moves, false), (kills, true)] {
-        if !run {
-            continue;
-        }
+    for variant in variants {
         for &lease in &leases {
-            violations += one_move(lease, kill);
+            violations += one_move(lease, variant);
         }
     }
     assert_eq!(violations, 0, "the pool was oversubscribed");

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use seatgate::cloud::wire::PoolReport;
+use seatgate::cloud::wire::{PoolReport, POOL_HEADROOM};
 use seatgate::license::lease::Limit;
 
 /// Every pool's allocation; persisted by the devcloud (DIR/pools.json).
@@ -74,6 +74,14 @@ impl Member {
     /// What it asks for: its wanted, and never less than its usage.
     fn demand(&self) -> u32 {
         self.wanted.max(self.reported)
+    }
+
+    /// What it needs: its usage and the clients it turned away, i.e. its
+    /// demand less the headroom every gateway adds (docs/cloud-api.md).
+    fn need(&self) -> u32 {
+        self.demand()
+            .saturating_sub(POOL_HEADROOM)
+            .max(self.reported)
     }
 
     fn forgettable(&self) -> bool {
@@ -148,25 +156,37 @@ impl PoolAlloc {
     /// (seats the current members share, Σ demand, Σ floor), demand being
     /// `max(wanted, reported)` and the floor `reported`.
     fn demand(&self) -> (u64, u64, u64) {
+        let share = self.share();
+        (share, self.sum(Member::demand), self.sum(|m| m.reported))
+    }
+
+    /// The seats the current members share: the pool less what members
+    /// that left still hold.
+    fn share(&self) -> u64 {
         let left: u64 = self
             .members
             .values()
             .filter(|m| !m.member)
             .map(|m| u64::from(m.held()))
             .sum();
-        let share = u64::from(self.seats).saturating_sub(left);
-        let current = self.members.values().filter(|m| m.member);
-        let (demand, floor) = current.fold((0, 0), |(d, f), m| {
-            (d + u64::from(m.demand()), f + u64::from(m.reported))
-        });
-        (share, demand, floor)
+        u64::from(self.seats).saturating_sub(left)
     }
 
-    /// A current member's target by demand: its demand while the pool
-    /// covers everyone's (the rest stays in reserve); under contention its
-    /// floor plus a share of the seats above all floors in proportion to
-    /// its demand above its floor, the seats rounding leaves going one each
-    /// to the largest remainders (so none is lost). Never above its demand.
+    fn current(&self) -> impl Iterator<Item = (&String, &Member)> {
+        self.members.iter().filter(|(_, m)| m.member)
+    }
+
+    fn sum(&self, level: impl Fn(&Member) -> u32) -> u64 {
+        self.current().map(|(_, m)| u64::from(level(m))).sum()
+    }
+
+    /// A current member's target by demand, in three tiers. While the pool
+    /// covers everyone's demand: its demand (the rest stays in reserve).
+    /// Else, while it covers every member's need (its usage and the
+    /// clients it turned away: its demand less the headroom): its need,
+    /// and the seats left shared in proportion to headroom. Else: its floor
+    /// (usage) and the seats above all floors shared in proportion to its
+    /// need above its floor. So refused users anywhere go before headroom.
     fn target(&self, device: &str) -> u32 {
         let Some(me) = self.members.get(device) else {
             return 0;
@@ -175,24 +195,49 @@ impl PoolAlloc {
         if demand <= share {
             return me.demand();
         }
-        let spare = share.saturating_sub(floor);
-        let excess = demand - floor;
-        if excess == 0 {
-            return me.reported;
+        let need = self.sum(Member::need);
+        if need <= share {
+            return self.split(me, device, share - need, Member::need, Member::demand);
         }
-        let above = |m: &Member| u64::from(m.demand() - m.reported);
-        let current = || self.members.iter().filter(|(_, m)| m.member);
+        self.split(
+            me,
+            device,
+            share.saturating_sub(floor),
+            |m| m.reported,
+            Member::need,
+        )
+    }
+
+    /// `lo(me)` plus its part of `spare` seats shared in proportion to
+    /// `hi − lo` over the current members, the seats rounding leaves going
+    /// one each to the largest remainders (so none is lost). `spare` is
+    /// less than `Σ (hi − lo)`: never above `hi(me)`.
+    fn split(
+        &self,
+        me: &Member,
+        device: &str,
+        spare: u64,
+        lo: impl Fn(&Member) -> u32,
+        hi: impl Fn(&Member) -> u32,
+    ) -> u32 {
+        let above = |m: &Member| u64::from(hi(m).saturating_sub(lo(m)));
+        let excess = self.sum(|m| hi(m).saturating_sub(lo(m)));
+        if excess == 0 {
+            return lo(me);
+        }
         let leftover = spare
-            - current()
+            - self
+                .current()
                 .map(|(_, m)| spare * above(m) / excess)
                 .sum::<u64>();
         let rem = |m: &Member| spare * above(m) % excess;
         let mine = rem(me);
-        let ahead = current()
+        let ahead = self
+            .current()
             .filter(|(n, m)| rem(m) > mine || (rem(m) == mine && n.as_str() < device))
             .count() as u64;
         let bonus = u64::from(mine > 0 && ahead < leftover);
-        me.reported + u32::try_from(spare * above(me) / excess + bonus).unwrap_or(0)
+        lo(me) + u32::try_from(spare * above(me) / excess + bonus).unwrap_or(0)
     }
 }
 
@@ -255,11 +300,14 @@ impl Alloc {
             None => p.target(device),
         };
         let seats = target.min(available);
+        // `contended` also on a member that got its demand: while others
+        // wait, every member reports often so seats move (docs/pools.md).
+        let (share, wanted_all, _) = p.demand();
         let limit = match quiet_until {
-            _ if seats >= demand => None,
-            Some(until) => Some(Limit::Quiet { until }),
-            None if seats < target => Some(Limit::Held),
-            None => Some(Limit::Contended),
+            Some(until) if seats < demand => Some(Limit::Quiet { until }),
+            _ if seats < target => Some(Limit::Held),
+            _ if wanted_all > share => Some(Limit::Contended),
+            _ => None,
         };
         let epoch = (self.last_epoch + 1).max(u64::try_from(now.timestamp_millis()).unwrap_or(0));
         let grant = Grant {
@@ -358,6 +406,29 @@ mod tests {
         // it really holds (ga3), so the 120 it never saw stays out of it.
         let ga4 = ask(&mut a, "A", report(10, 40, Some(ga3.grant.epoch)));
         assert_eq!(ga4.grant.seats, 150 - 120);
+    }
+
+    #[test]
+    fn turned_away_users_go_before_headroom_and_a_member_that_got_its_demand_hears_of_contention() {
+        let mut a = Alloc::default();
+        a.set_pool("P", 150, &names(&["A", "C"]));
+        // A holds 90 sessions and asks for its headroom: uncontended.
+        let ga = ask(&mut a, "A", report(90, 94, None));
+        assert_eq!((ga.grant.seats, ga.limit), (94, None));
+        // 60 users turned away at C: 0 + 4 headroom + 60. The pool covers
+        // every need (90 + 60), not every demand (94 + 64).
+        let gc = ask(&mut a, "C", report(0, 64, None));
+        assert_eq!((gc.grant.seats, gc.limit), (56, Some(Limit::Held)));
+        // A's headroom goes to C's users: A is cut to its need and told
+        // the pool is contended (so it reports often while it lasts).
+        let ga2 = ask(&mut a, "A", report(90, 94, Some(ga.grant.epoch)));
+        assert_eq!((ga2.grant.seats, ga2.limit), (90, Some(Limit::Contended)));
+        ask(&mut a, "A", report(90, 94, Some(ga2.grant.epoch)));
+        let gc2 = ask(&mut a, "C", report(56, 64, Some(gc.grant.epoch)));
+        assert_eq!(gc2.grant.seats, 60, "every turned-away user gets in");
+        // Even a member that got all it asked hears of the contention.
+        assert_eq!(gc2.limit, Some(Limit::Contended));
+        assert!(pool(&a).slices_in_force() <= 150);
     }
 
     #[test]
@@ -577,7 +648,18 @@ mod tests {
                             let sum: u64 = names.map(|n| u64::from(p.target(n))).sum();
                             prop_assert_eq!(sum, share);
                         }
-                        prop_assert_eq!(d.limit.is_none(), got >= demand);
+                        // Less than asked always says why; a member that got
+                        // its demand may still be told the pool is contended.
+                        prop_assert!(got >= demand || d.limit.is_some());
+                        prop_assert!(d.limit.is_none() || got < demand || p.contended());
+                        // Turned-away users anywhere go before headroom:
+                        // while the pool covers every member's need, every
+                        // target covers it.
+                        if p.contended() && p.sum(Member::need) <= share {
+                            for (n, m) in p.members.iter().filter(|(_, m)| m.member) {
+                                prop_assert!(p.target(n) >= m.need(), "{n}: target below need");
+                            }
+                        }
                         if !flag {
                             gws[i].lease = Some(d.grant);
                         }

@@ -12,6 +12,9 @@
 //!   can go to another member.
 //! - **Acknowledge**: a lease that shrank is reported held at once: the
 //!   cloud counts the larger one until it hears that (take before give).
+//! - **Contended**: while a lease says the pool is contended or the slice
+//!   waits for seats others hold, report every `CONTENDED_EVERY` and give
+//!   idle seats back after `DEBOUNCE`: seats move only on reports.
 //! - Never more than one request per `MIN_INTERVAL`; while requests fail,
 //!   the retry back-off alone decides.
 //!
@@ -31,6 +34,10 @@ pub const DEBOUNCE: Duration = Duration::from_millis(150);
 pub const MIN_INTERVAL: Duration = Duration::from_millis(200);
 /// A slice idle beyond demand for this long is given back.
 pub const GIVE_BACK_AFTER: Duration = Duration::from_secs(1);
+/// While the cloud says the pool is contended (or this slice waits for
+/// seats others hold), report at least this often, and give idle seats
+/// back after `DEBOUNCE` instead of `GIVE_BACK_AFTER`: others wait for them.
+pub const CONTENDED_EVERY: Duration = Duration::from_secs(1);
 /// Usage within this of the slice asks for more before anyone is refused.
 pub const HIGH_WATER_GAP: u32 = POOL_HEADROOM / 2;
 /// A refused client counts as demand until this long after its last try.
@@ -138,13 +145,20 @@ impl Pacer {
         if failing {
             return scheduled;
         }
+        let contended = view.pools.iter().any(|p| {
+            p.slice.is_some() && matches!(p.limited, Some(Limit::Contended | Limit::Held))
+        });
         let earliest = self.last_sent.map_or(now, |t| t + MIN_INTERVAL);
         let mut due = scheduled;
+        if contended {
+            due = due.min(self.last_sent.map_or(now, |t| t + CONTENDED_EVERY));
+        }
         if let Some(t) = self.demand_since {
             due = due.min((t + DEBOUNCE).max(earliest));
         }
         if let Some(t) = self.idle_since {
-            due = due.min((t + GIVE_BACK_AFTER).max(earliest));
+            let after = if contended { DEBOUNCE } else { GIVE_BACK_AFTER };
+            due = due.min((t + after).max(earliest));
         }
         if self.ack {
             due = due.min(earliest);
@@ -336,6 +350,42 @@ mod tests {
         assert_eq!(
             p.due(t0 + ms(500), &at13, renew, false),
             t0 + ms(500) + DEBOUNCE
+        );
+    }
+
+    #[test]
+    fn a_contended_pool_is_reported_every_second_and_idle_seats_go_back_at_once() {
+        let t0 = Instant::now();
+        let renew = t0 + Duration::from_secs(100);
+        let mut full = seen("P", 100, 104, Some(104));
+        full.limited = Some(Limit::Contended);
+        let mut p = told(&view(vec![full.clone()], 0), t0);
+        // Nothing new here, but others wait: report a second after the last.
+        assert_eq!(
+            p.due(t0 + ms(10), &view(vec![full.clone()], 0), renew, false),
+            t0 + CONTENDED_EVERY
+        );
+        // Waiting for seats others hold is the same.
+        let mut held = full.clone();
+        held.limited = Some(Limit::Held);
+        assert_eq!(
+            p.due(t0 + ms(10), &view(vec![held], 0), renew, false),
+            t0 + CONTENDED_EVERY
+        );
+        // Users left: the idle seats go back after the debounce, not a second.
+        let mut empty = seen("P", 0, 4, Some(104));
+        empty.limited = Some(Limit::Contended);
+        let t1 = t0 + ms(500);
+        assert_eq!(
+            p.due(t1, &view(vec![empty], 0), renew, false),
+            t1 + DEBOUNCE
+        );
+        // A cloud that is not contended: the regular renewal.
+        full.limited = None;
+        let mut q = told(&view(vec![full.clone()], 0), t0);
+        assert_eq!(
+            q.due(t0 + ms(10), &view(vec![full], 0), renew, false),
+            renew
         );
     }
 
