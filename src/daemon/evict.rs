@@ -189,7 +189,7 @@ pub fn look(shared: &Arc<Shared>) {
     let quiet = {
         let state = shared.peek();
         // Draining over the cap needs nothing either.
-        let act = enforcing.is_some() && state.seats.in_use() > state.cap(now, mono);
+        let act = enforcing.is_some() && state.seats.in_use() > state.enforced_cap(now, mono);
         !act && state.countdown.since.is_none() && state.enforcing == enforcing
     };
     if quiet {
@@ -197,7 +197,7 @@ pub fn look(shared: &Arc<Shared>) {
     }
     let mut state = shared.lock();
     state.enforcing = enforcing;
-    let cap = state.cap(now, mono);
+    let cap = state.enforced_cap(now, mono);
     let over_by = state.seats.in_use().saturating_sub(cap);
     let step = state.countdown.step(over_by > 0, enforcing.is_some(), mono);
     if step == Step::Cancelled {
