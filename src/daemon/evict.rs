@@ -217,7 +217,9 @@ pub fn look(shared: &Arc<Shared>) {
         let which = format!("{order:?}").to_lowercase();
         tracing::warn!(cap, over_by, grace_ms = grace.as_millis() as u64, "over the cap by {over_by}: disconnecting the {} {which} sessions at {} unless the cap recovers or sessions end first", plan.keys.len(), plan.at.format("%H:%M:%S"));
     }
-    if !plan.due() {
+    // One try at a time: a server that never answers holds it for its
+    // entry's timeout, and the next looks wait for it.
+    if !plan.due() || state.countdown.busy {
         return;
     }
     // Another grace before trying again what the servers refuse.
@@ -231,14 +233,23 @@ pub fn look(shared: &Arc<Shared>) {
         .iter()
         .filter_map(|k| table.get(k).cloned())
         .collect();
-    drop(state);
     if victims.is_empty() {
         return;
     }
+    state.countdown.busy = true;
+    drop(state);
     let shared = shared.clone();
     spawn(Box::pin(async move {
         let n = victims.len();
         let ended = disconnect(&shared, victims, Why::OverCap).await;
+        {
+            let mut state = shared.lock();
+            state.countdown.busy = false;
+            // The next try a whole grace after this one ended.
+            if state.countdown.since.is_some() {
+                state.countdown.since = Some(Instant::now());
+            }
+        }
         let done = |e: &&Ended| {
             e.freed
                 || matches!(
