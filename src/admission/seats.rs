@@ -452,7 +452,8 @@ mod tests {
     /// Admits `key` for alice (limit 1, replace_oldest, cap 2) as the
     /// service does: the admission, then its answer on its way.
     fn admit(seats: &mut Seats, key: &str, minute: i64) -> Admission {
-        let policy = SeatPolicy::new(Some(1), AtUserLimit::ReplaceOldest, Vec::new());
+        let policy =
+            SeatPolicy::new(Some(1), AtUserLimit::ReplaceOldest, Vec::new()).ending(true, true);
         let now = Utc::now() + chrono::Duration::minutes(minute);
         let (a, _) = seats.admit(&req(key), SERVER, 2, &policy, now, |_| true);
         let s = a.session.as_ref().unwrap();

@@ -439,7 +439,8 @@ fn a_full_runtime_directory_fails_admissions_closed_and_recovers_by_itself() {
     let gw = Gateway::new(200);
     let fs = Tmpfs::mount(&gw.path("run"), "256k");
     let d = gw.start();
-    let server = FakeServer::start(&gw.socket());
+    // Replaced sessions must be of a server an entry can end.
+    let server = FakeServer::start_openvpn(&gw.socket());
     for i in 0..3 {
         assert!(admitted(
             &server.try_call(&server.admit(&format!("k{i}"))).unwrap()
@@ -528,7 +529,8 @@ fn a_replacement_on_a_full_runtime_directory_keeps_the_session_held() {
     )));
     let fs = Tmpfs::mount(&gw.path("run"), "256k");
     let d = gw.start();
-    let server = FakeServer::start(&gw.socket());
+    // Replaced sessions must be of a server an entry can end.
+    let server = FakeServer::start_openvpn(&gw.socket());
     let admit = |key: &str| {
         let mut req = server.admit(key);
         if let Request::Admit(a) = &mut req {
