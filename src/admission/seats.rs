@@ -360,6 +360,18 @@ impl Seats {
         }
     }
 
+    /// Gives a replaced session its seat back: its server did not confirm
+    /// it ended, so its tunnel may be up and must count (reconciliation
+    /// frees it if it is gone). A key held again meanwhile is left alone.
+    pub fn reinstate(&mut self, session: Session) -> Fault {
+        if self.table.get(&session.key).is_some() {
+            return None;
+        }
+        self.table.restore(session.clone());
+        // Written like a release: in force now, written later if it must.
+        self.record_release(Change::Admit(session))
+    }
+
     fn release_unchecked(&mut self, key: &str) -> (Option<Session>, Fault) {
         self.settle(key);
         match self.table.release(key) {

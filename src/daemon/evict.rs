@@ -32,7 +32,8 @@ pub enum Why {
     /// freed only when the server confirmed the session ended: freeing a
     /// live tunnel's seat would let one more in over the cap.
     OverCap,
-    /// A seat policy rule (e.g. "replace_oldest"); like `OverCap`.
+    /// A seat policy rule ("replace_oldest"): the session's seat went to
+    /// the new one already; unconfirmed, it is given a seat again.
     Policy(&'static str),
 }
 
@@ -119,6 +120,13 @@ async fn disconnect_now(shared: &Shared, sessions: Vec<Session>, why: Why) -> Ve
             if confirmed || matches!(why, Why::Operator { .. }) {
                 let (s, f) = state.seats.release_instance(&session.key, session.instance);
                 freed = s.is_some();
+                if fault.is_none() {
+                    fault = f;
+                }
+            } else if matches!(why, Why::Policy(_)) {
+                // Replaced: its seat went to the new session; its tunnel
+                // may still be up, so it counts again.
+                let f = state.seats.reinstate(session.clone());
                 if fault.is_none() {
                     fault = f;
                 }

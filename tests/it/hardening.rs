@@ -524,13 +524,16 @@ fn a_replacement_on_a_full_runtime_directory_keeps_the_session_held() {
     let gw = Gateway::new(10);
     gw.write(&gw.config().policy(concat!(
         "[policy]\nmax_sessions_per_user = 1\nat_user_limit = \"replace_oldest\"\n",
-        // Required with replace_oldest; no server listens there.
+        // Required with replace_oldest: the server there has ended every
+        // replaced session already (a session it did not confirm ended
+        // would count again).
         "[[reconcile]]\nkind = \"openvpn\"\nmanagement = \"mgmt.sock\"\ninterval_ms = 3600000\n",
     )));
     let fs = Tmpfs::mount(&gw.path("run"), "256k");
-    let d = gw.start();
     // Replaced sessions must be of a server an entry can end.
     let server = FakeServer::start_openvpn(&gw.socket());
+    empty_management(&gw.path("mgmt.sock"), server.pid());
+    let d = gw.start();
     let admit = |key: &str| {
         let mut req = server.admit(key);
         if let Request::Admit(a) = &mut req {

@@ -624,3 +624,27 @@ pub fn require_root(why: &str) {
 pub fn admitted(resp: &Response) -> bool {
     matches!(resp, Response::Admit(a) if a.admitted)
 }
+
+/// A stand-in OpenVPN management interface at `path` for the server `pid`:
+/// it answers `pid`, lists no client in `status 3` (so every session asked
+/// to end "had ended already"), and serves connections until the test ends.
+pub fn empty_management(path: &Path, pid: u32) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut out = &stream;
+            let _ = out.write_all(b">INFO:OpenVPN Management Interface\r\n");
+            for line in BufReader::new(&stream).lines().map_while(Result::ok) {
+                let answer = match line.trim() {
+                    "pid" => format!("SUCCESS: pid={pid}\r\n"),
+                    "status 3" => "HEADER\tCLIENT_LIST\tCommon Name\tVirtual Address\tConnected Since (time_t)\tClient ID\r\nEND\r\n".to_string(),
+                    _ => break,
+                };
+                if out.write_all(answer.as_bytes()).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+}
