@@ -375,7 +375,12 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<Problem>> {
             Thresholds::default()
         }
     };
-    let policy = policy::read(policy, text, &mut problems);
+    let ends = |ocserv: bool| {
+        reconcile
+            .iter()
+            .any(|r| matches!(r.source, Source::Ocserv { .. }) == ocserv)
+    };
+    let policy = policy::read(policy, text, &mut problems).ending(ends(false), ends(true));
     if policy.at_user_limit == policy::AtUserLimit::ReplaceOldest && reconcile.is_empty() {
         problems.push(problem(
             "policy.at_user_limit",

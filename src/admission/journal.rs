@@ -331,7 +331,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut j, mut t, _) = open(dir.path());
         admit(&mut t, &mut j, "old");
-        let policy = SeatPolicy::new(Some(1), AtUserLimit::ReplaceOldest, Vec::new());
+        let policy =
+            SeatPolicy::new(Some(1), AtUserLimit::ReplaceOldest, Vec::new()).ending(true, true);
         let req = AdmitRequest {
             key: "new".into(),
             user: "u".into(),

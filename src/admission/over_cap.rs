@@ -52,6 +52,8 @@ impl Plan {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Countdown {
     pub since: Option<Instant>,
+    /// Disconnects are under way (one try at a time).
+    pub busy: bool,
 }
 
 /// What a look at the table did to the countdown.

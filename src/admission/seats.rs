@@ -63,10 +63,36 @@ pub struct Opened {
 pub struct Seats {
     table: Table,
     journal: Journal,
-    /// Admissions whose answers are still on their way, by key: the
-    /// instance and how many answers (first and repeated admits) carry it.
-    /// Once one is delivered the session is acknowledged and never undone.
-    in_flight: HashMap<String, (u64, u32)>,
+    /// Admissions whose answers are still on their way, by key. Once one
+    /// is delivered the session is acknowledged and never undone.
+    in_flight: HashMap<String, InFlight>,
+    /// What the last admission replaced, until `answer_pending` files it.
+    replacing: Option<InFlight>,
+}
+
+/// An admission whose answer is on its way.
+#[derive(Debug)]
+struct InFlight {
+    instance: u64,
+    /// How many answers (first and repeated admits) carry it.
+    answers: u32,
+    /// The acknowledged session whose seat it took (`replace_oldest`):
+    /// disconnected once the answer is delivered, put back if none is.
+    replaced: Option<Session>,
+    /// Unacknowledged sessions it replaced in turn: disconnected either way.
+    also: Vec<Session>,
+}
+
+/// What became of an admission's answer.
+#[derive(Debug, Default)]
+pub struct Answered {
+    /// The admission undone: none of its answers was delivered.
+    pub undone: Option<Session>,
+    /// Sessions it replaced, to disconnect through their servers now.
+    pub disconnect: Vec<Session>,
+    /// The replaced session given its seat back (the admission was undone).
+    pub restored: Option<Session>,
+    pub fault: Fault,
 }
 
 impl Seats {
@@ -77,6 +103,7 @@ impl Seats {
             table: opened.table.clone(),
             journal: opened.journal,
             in_flight: HashMap::new(),
+            replacing: None,
         };
         let report = Opened {
             warnings: opened.warnings,
@@ -166,23 +193,58 @@ impl Seats {
                 admission.fault = Some(e);
             }
         }
-        if let Some(old) = &admission.replaced {
-            self.in_flight.remove(&old.key);
+        // A replacement waits for its answer to be delivered before its
+        // predecessor is disconnected (`answered`); one that replaces an
+        // admission still in flight takes over what that one replaced.
+        let mut pending = None;
+        if let Some(old) = admission.replaced.take() {
+            let mut next = InFlight {
+                instance: 0,
+                answers: 0,
+                replaced: None,
+                also: Vec::new(),
+            };
+            match self.in_flight.remove(&old.key) {
+                Some(f) => {
+                    next.replaced = f.replaced;
+                    next.also = f.also;
+                    next.also.push(old.clone());
+                }
+                None => next.replaced = Some(old.clone()),
+            }
+            admission.replaced = Some(old);
+            pending = Some(next);
         }
+        self.replacing = pending;
         admission.in_use = self.table.in_use();
         (admission, fault)
     }
 
     /// Notes that an answer admitting `instance` of `key` is on its way;
     /// false when the session was acknowledged already (nothing to undo).
+    /// Called right after `admit`, under the same lock.
     pub fn answer_pending(&mut self, key: &str, instance: u64, fresh: bool) -> bool {
+        let replacing = self.replacing.take();
         if fresh {
-            self.in_flight.insert(key.to_string(), (instance, 1));
+            let mut f = replacing.unwrap_or(InFlight {
+                instance,
+                answers: 1,
+                replaced: None,
+                also: Vec::new(),
+            });
+            (f.instance, f.answers) = (instance, 1);
+            // An earlier admission of the key ended with its answer still
+            // on its way: what it replaced is disconnected with this one.
+            if let Some(earlier) = self.in_flight.insert(key.to_string(), f) {
+                let f = self.in_flight.get_mut(key).expect("just inserted");
+                f.also
+                    .extend(earlier.replaced.into_iter().chain(earlier.also));
+            }
             return true;
         }
         match self.in_flight.get_mut(key) {
-            Some((i, n)) if *i == instance => {
-                *n += 1;
+            Some(f) if f.instance == instance => {
+                f.answers += 1;
                 true
             }
             _ => false,
@@ -190,28 +252,57 @@ impl Seats {
     }
 
     /// An answer admitting `instance` of `key` was delivered (`ok`) or not.
-    /// When none of its answers was delivered the admission is undone: its
-    /// hooks gave up and refused their clients. Returns the undone session.
-    pub fn answered(&mut self, key: &str, instance: u64, ok: bool) -> (Option<Session>, Fault) {
-        let Some((i, n)) = self.in_flight.get_mut(key) else {
-            return (None, None);
+    /// Delivered: the sessions it replaced are to be disconnected. When none
+    /// of its answers was delivered the admission is undone (its hooks gave
+    /// up and refused their clients) and the acknowledged session it
+    /// replaced gets its seat back: it was never disconnected.
+    pub fn answered(&mut self, key: &str, instance: u64, ok: bool) -> Answered {
+        let mut out = Answered::default();
+        let Some(f) = self.in_flight.get_mut(key) else {
+            return out;
         };
-        if *i != instance {
-            return (None, None);
+        if f.instance != instance {
+            return out;
         }
+        if !ok {
+            f.answers -= 1;
+            if f.answers > 0 {
+                return out;
+            }
+        }
+        let Some(f) = self.in_flight.remove(key) else {
+            return out;
+        };
+        out.disconnect = f.also;
         if ok {
-            self.in_flight.remove(key);
-            return (None, None);
+            out.disconnect.extend(f.replaced);
+            return out;
         }
-        *n -= 1;
-        if *n > 0 {
-            return (None, None);
+        let Some((session, release)) = self.table.release_instance(key, instance) else {
+            out.disconnect.extend(f.replaced);
+            return out;
+        };
+        out.undone = Some(session);
+        match f.replaced {
+            Some(old) if self.table.get(&old.key).is_none() => {
+                self.table.restore(old.clone());
+                let changes = [release, Change::Admit(old.clone())];
+                if self.journal.record_all(&changes, &self.table).is_err() {
+                    // Unrecorded, it would be lost at a restart: it ends.
+                    self.table.forget(&old.key);
+                    let [release, _] = changes;
+                    out.fault = self.record_release(release);
+                    out.disconnect.push(old);
+                } else {
+                    out.restored = Some(old);
+                }
+            }
+            old => {
+                out.disconnect.extend(old);
+                out.fault = self.record_release(release);
+            }
         }
-        self.in_flight.remove(key);
-        match self.table.release_instance(key, instance) {
-            Some((session, change)) => (Some(session), self.record_release(change)),
-            None => (None, None),
-        }
+        out
     }
 
     /// Refuses an admission decided before the table (e.g. an unknown server).
@@ -250,15 +341,39 @@ impl Seats {
     pub fn release_instance(&mut self, key: &str, instance: u64) -> (Option<Session>, Fault) {
         match self.table.release_instance(key, instance) {
             Some((session, change)) => {
-                self.in_flight.remove(key);
+                self.settle(key);
                 (Some(session), self.record_release(change))
             }
             None => (None, None),
         }
     }
 
+    /// Forgets the answer on its way for `key` (its session ended), unless
+    /// it still has sessions it replaced to disconnect when it resolves.
+    fn settle(&mut self, key: &str) {
+        if self
+            .in_flight
+            .get(key)
+            .is_some_and(|f| f.replaced.is_none() && f.also.is_empty())
+        {
+            self.in_flight.remove(key);
+        }
+    }
+
+    /// Gives a replaced session its seat back: its server did not confirm
+    /// it ended, so its tunnel may be up and must count (reconciliation
+    /// frees it if it is gone). A key held again meanwhile is left alone.
+    pub fn reinstate(&mut self, session: Session) -> Fault {
+        if self.table.get(&session.key).is_some() {
+            return None;
+        }
+        self.table.restore(session.clone());
+        // Written like a release: in force now, written later if it must.
+        self.record_release(Change::Admit(session))
+    }
+
     fn release_unchecked(&mut self, key: &str) -> (Option<Session>, Fault) {
-        self.in_flight.remove(key);
+        self.settle(key);
         match self.table.release(key) {
             Some((session, change)) => (Some(session), self.record_release(change)),
             None => (None, None),
@@ -317,5 +432,99 @@ impl Seats {
     /// Folds the journal into a snapshot (clean shutdown).
     pub fn flush(&mut self) -> io::Result<()> {
         self.journal.compact(&self.table)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admission::protocol::{ServerKind, ServerRef};
+    use crate::config::policy::AtUserLimit;
+
+    const SERVER: ServerId = ServerId {
+        kind: ServerKind::Openvpn,
+        pid: 10,
+        start_ticks: 7,
+        ns_pid: 10,
+    };
+
+    fn req(key: &str) -> AdmitRequest {
+        AdmitRequest {
+            key: key.into(),
+            user: "alice".into(),
+            server: ServerRef {
+                kind: ServerKind::Openvpn,
+                pid: 10,
+            },
+            remote: String::new(),
+            group: String::new(),
+        }
+    }
+
+    /// Admits `key` for alice (limit 1, replace_oldest, cap 2) as the
+    /// service does: the admission, then its answer on its way.
+    fn admit(seats: &mut Seats, key: &str, minute: i64) -> Admission {
+        let policy =
+            SeatPolicy::new(Some(1), AtUserLimit::ReplaceOldest, Vec::new()).ending(true, true);
+        let now = Utc::now() + chrono::Duration::minutes(minute);
+        let (a, _) = seats.admit(&req(key), SERVER, 2, &policy, now, |_| true);
+        let s = a.session.as_ref().unwrap();
+        assert!(seats.answer_pending(&s.key, s.instance, true));
+        a
+    }
+
+    fn keys(seats: &Seats) -> Vec<String> {
+        seats.table().sessions().map(|s| s.key.clone()).collect()
+    }
+
+    /// Attack: a replacing admission whose hook gives up before reading
+    /// its answer (a daemon slow under load). Its client is refused; the
+    /// user's session it replaced must neither be disconnected nor lose
+    /// its seat, also after a restart.
+    #[test]
+    fn an_unanswered_replacement_leaves_the_replaced_session_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut seats, _) = Seats::open(dir.path(), Utc::now()).unwrap();
+        let a = admit(&mut seats, "laptop", 0);
+        let a = a.session.unwrap();
+        let done = seats.answered("laptop", a.instance, true);
+        assert!(done.disconnect.is_empty() && done.undone.is_none());
+        let b = admit(&mut seats, "phone", 1);
+        assert_eq!(b.replaced.as_ref().map(|s| s.key.as_str()), Some("laptop"));
+        let b = b.session.unwrap();
+        assert_eq!(keys(&seats), ["phone"]);
+        // The phone's hook left: its answer is never delivered.
+        let done = seats.answered("phone", b.instance, false);
+        assert_eq!(done.undone.map(|s| s.key), Some("phone".into()));
+        assert!(done.disconnect.is_empty(), "{:?}", done.disconnect);
+        assert_eq!(done.restored.map(|s| s.key), Some("laptop".into()));
+        assert_eq!(keys(&seats), ["laptop"]);
+        drop(seats);
+        let (seats, _) = Seats::open(dir.path(), Utc::now()).unwrap();
+        assert_eq!(keys(&seats), ["laptop"], "the journal replays it");
+        assert_eq!(seats.table().get("laptop"), Some(&a));
+    }
+
+    /// The replaced session is disconnected only once the replacing
+    /// admission's answer is delivered; a chain of replacements still in
+    /// flight disconnects every session it replaced.
+    #[test]
+    fn a_delivered_replacement_disconnects_every_session_it_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut seats, _) = Seats::open(dir.path(), Utc::now()).unwrap();
+        let a = admit(&mut seats, "laptop", 0).session.unwrap();
+        seats.answered("laptop", a.instance, true);
+        let b = admit(&mut seats, "phone", 1).session.unwrap();
+        // The tablet comes while the phone's answer is still on its way.
+        let c = admit(&mut seats, "tablet", 2).session.unwrap();
+        assert_eq!(keys(&seats), ["tablet"]);
+        // The phone's answer resolves (either way): nothing of its own.
+        let done = seats.answered("phone", b.instance, true);
+        assert!(done.disconnect.is_empty() && done.undone.is_none());
+        let done = seats.answered("tablet", c.instance, true);
+        let mut gone: Vec<_> = done.disconnect.into_iter().map(|s| s.key).collect();
+        gone.sort();
+        assert_eq!(gone, ["laptop", "phone"]);
+        assert_eq!(keys(&seats), ["tablet"]);
     }
 }

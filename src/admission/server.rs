@@ -83,7 +83,7 @@ pub trait Service: Send + Sync + 'static {
         line: &[u8],
     ) -> Reply;
     /// Whether the answer carrying `undo` reached the peer's socket.
-    fn delivered(&self, undo: Undo, ok: bool);
+    fn delivered(self: Arc<Self>, undo: Undo, ok: bool);
 }
 
 /// Connection limits.
@@ -377,7 +377,7 @@ async fn connection<S: Service>(
             r = tokio::time::timeout(idle, write) => matches!(r, Ok(Some(()))),
         };
         if let Some(undo) = reply.undo {
-            service.delivered(undo, written);
+            service.clone().delivered(undo, written);
         }
         if !written {
             return;

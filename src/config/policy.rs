@@ -39,6 +39,11 @@ pub struct SeatPolicy {
     /// daemon has already, so no new code on the gateway's flash.)
     by_user: BTreeMap<String, u32>,
     by_group: BTreeMap<String, u32>,
+    /// Whether a `[[reconcile]]` entry can end OpenVPN, ocserv sessions:
+    /// `replace_oldest` replaces only sessions the daemon can disconnect
+    /// (a replaced session left up would hold no seat).
+    pub ends_openvpn: bool,
+    pub ends_ocserv: bool,
 }
 
 /// One `[[policy.group]]`: its members are the sessions whose user name is
@@ -85,7 +90,15 @@ impl SeatPolicy {
             groups,
             by_user,
             by_group,
+            ends_openvpn: false,
+            ends_ocserv: false,
         }
+    }
+
+    /// The same, knowing which servers' sessions can be ended.
+    pub fn ending(mut self, openvpn: bool, ocserv: bool) -> SeatPolicy {
+        (self.ends_openvpn, self.ends_ocserv) = (openvpn, ocserv);
+        self
     }
 
     /// True when no rule is set: admission is the cap alone.

@@ -32,7 +32,8 @@ pub enum Why {
     /// freed only when the server confirmed the session ended: freeing a
     /// live tunnel's seat would let one more in over the cap.
     OverCap,
-    /// A seat policy rule (e.g. "replace_oldest"); like `OverCap`.
+    /// A seat policy rule ("replace_oldest"): the session's seat went to
+    /// the new one already; unconfirmed, it is given a seat again.
     Policy(&'static str),
 }
 
@@ -122,6 +123,13 @@ async fn disconnect_now(shared: &Shared, sessions: Vec<Session>, why: Why) -> Ve
                 if fault.is_none() {
                     fault = f;
                 }
+            } else if matches!(why, Why::Policy(_)) {
+                // Replaced: its seat went to the new session; its tunnel
+                // may still be up, so it counts again.
+                let f = state.seats.reinstate(session.clone());
+                if fault.is_none() {
+                    fault = f;
+                }
             }
             Ended {
                 session,
@@ -189,7 +197,7 @@ pub fn look(shared: &Arc<Shared>) {
     let quiet = {
         let state = shared.peek();
         // Draining over the cap needs nothing either.
-        let act = enforcing.is_some() && state.seats.in_use() > state.cap(now, mono);
+        let act = enforcing.is_some() && state.seats.in_use() > state.enforced_cap(now, mono);
         !act && state.countdown.since.is_none() && state.enforcing == enforcing
     };
     if quiet {
@@ -197,7 +205,7 @@ pub fn look(shared: &Arc<Shared>) {
     }
     let mut state = shared.lock();
     state.enforcing = enforcing;
-    let cap = state.cap(now, mono);
+    let cap = state.enforced_cap(now, mono);
     let over_by = state.seats.in_use().saturating_sub(cap);
     let step = state.countdown.step(over_by > 0, enforcing.is_some(), mono);
     if step == Step::Cancelled {
@@ -217,7 +225,9 @@ pub fn look(shared: &Arc<Shared>) {
         let which = format!("{order:?}").to_lowercase();
         tracing::warn!(cap, over_by, grace_ms = grace.as_millis() as u64, "over the cap by {over_by}: disconnecting the {} {which} sessions at {} unless the cap recovers or sessions end first", plan.keys.len(), plan.at.format("%H:%M:%S"));
     }
-    if !plan.due() {
+    // One try at a time: a server that never answers holds it for its
+    // entry's timeout, and the next looks wait for it.
+    if !plan.due() || state.countdown.busy {
         return;
     }
     // Another grace before trying again what the servers refuse.
@@ -231,14 +241,23 @@ pub fn look(shared: &Arc<Shared>) {
         .iter()
         .filter_map(|k| table.get(k).cloned())
         .collect();
-    drop(state);
     if victims.is_empty() {
         return;
     }
+    state.countdown.busy = true;
+    drop(state);
     let shared = shared.clone();
     spawn(Box::pin(async move {
         let n = victims.len();
         let ended = disconnect(&shared, victims, Why::OverCap).await;
+        {
+            let mut state = shared.lock();
+            state.countdown.busy = false;
+            // The next try a whole grace after this one ended.
+            if state.countdown.since.is_some() {
+                state.countdown.since = Some(Instant::now());
+            }
+        }
         let done = |e: &&Ended| {
             e.freed
                 || matches!(

@@ -83,18 +83,28 @@ impl Service for Shared {
         }
     }
 
-    fn delivered(&self, undo: Undo, ok: bool) {
+    fn delivered(self: Arc<Self>, undo: Undo, ok: bool) {
         let mut state = self.lock();
         if !ok {
             state.unanswered += 1;
         }
-        let (undone, fault) = state.seats.answered(&undo.key, undo.instance, ok);
+        let answered = state.seats.answered(&undo.key, undo.instance, ok);
         let in_use = state.seats.in_use();
         drop(state);
-        log_release_fault(fault);
-        if undone.is_some() {
-            alerting::usage(self);
+        log_release_fault(answered.fault);
+        if answered.undone.is_some() {
+            alerting::usage(&self);
             tracing::warn!(key = %shown(&undo.key), in_use, "the hook left before its admission could be answered (past its deadline); seat released");
+        }
+        if let Some(old) = answered.restored {
+            tracing::warn!(key = %shown(&old.key), user = %shown(&old.user), in_use, "user limit: the session that was to replace this one was never answered; it keeps its seat");
+        }
+        if !answered.disconnect.is_empty() {
+            evict::spawn_disconnect(
+                self,
+                answered.disconnect,
+                Why::Policy("user limit: replaced the oldest session of the user"),
+            );
         }
     }
 }
@@ -280,27 +290,13 @@ impl Shared {
         log_release_fault(fault);
         log_admission(req, &admission, &self.denying, first_at_cap);
         alerting::log(alert, admission.in_use, cap);
+        // A session it replaced is disconnected once this answer is
+        // delivered (`delivered`): if it never is, that session stays.
         let bytes = Response::Admit(admit_response(&admission)).encode();
-        if let Some(old) = admission.replaced {
-            self.disconnect_replaced(old);
-        }
         Reply {
             bytes: Bytes::Owned(bytes),
             undo,
         }
-    }
-
-    /// A session whose seat a new session of its user took
-    /// (`at_user_limit = "replace_oldest"`): its seat is free already (the
-    /// count never went up); the VPN server must now end it. The outcome
-    /// is logged; a server that does not confirm leaves that tunnel up
-    /// without a seat, which the log says.
-    fn disconnect_replaced(self: &Arc<Self>, session: Session) {
-        evict::spawn_disconnect(
-            self.clone(),
-            vec![session],
-            Why::Policy("user limit: replaced the oldest session of the user"),
-        );
     }
 
     /// The asker of a release by a hook: the server process holding the

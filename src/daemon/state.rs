@@ -82,6 +82,20 @@ impl State {
         self.cap_parts(system, mono).total()
     }
 
+    /// The cap a disconnecting `over_cap` enforces. On a gateway with
+    /// leased pools (a member, or draining one it left) the sessions beyond
+    /// its non-pool seats are pool sessions, and those drain, never cut
+    /// (docs/pools.md): a slice that shrank or ran out with the cloud
+    /// unreachable takes no seat from a session.
+    pub fn enforced_cap(&self, system: DateTime<Utc>, mono: Instant) -> u32 {
+        let cap = self.cap(system, mono);
+        if self.report_pools(system, mono).is_empty() {
+            cap
+        } else {
+            cap.max(self.seats.in_use())
+        }
+    }
+
     /// The pools to report, in report order: leased pools of the licenses
     /// in force (by id), then pools this gateway left but has not reported
     /// drained (remembered across restarts in `pools.json`). With each: its
@@ -277,7 +291,7 @@ impl State {
         status.admissions = self.admissions.clone();
         if let Some((order, grace)) = self.enforcing {
             let over_for = self.countdown.over_for(mono);
-            let cap = status.cap_total;
+            let cap = self.enforced_cap(system, mono);
             status.over_cap =
                 over_cap::plan(self.seats.table(), cap, order, grace, over_for, system);
         }

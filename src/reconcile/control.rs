@@ -110,12 +110,18 @@ fn targets(sessions: &[&Session], pid: u32, clients: &[openvpn::Client]) -> Vec<
             if s.server.own_pid() != pid {
                 return Target::NotMine;
             }
-            let listed = openvpn::KeyParts::parse(&s.key)
-                .and_then(|k| clients.iter().find(|c| k.matches(c)));
-            match listed.map(|c| c.client_id) {
-                None => Target::NotListed,
-                Some(None) => Target::NoClientId,
-                Some(Some(cid)) => Target::Kill(cid),
+            let Some(k) = openvpn::KeyParts::parse(&s.key) else {
+                return Target::NotListed;
+            };
+            // Without a pool address two clients of one common name (with
+            // `duplicate-cn`) connected in one second both match: killing
+            // the first could end another device and leave this one up.
+            let mut listed = clients.iter().filter(|c| k.matches(c));
+            match (listed.next().map(|c| c.client_id), listed.next()) {
+                (None, _) => Target::NotListed,
+                (Some(_), Some(_)) => Target::Ambiguous,
+                (Some(None), None) => Target::NoClientId,
+                (Some(Some(cid)), None) => Target::Kill(cid),
             }
         })
         .collect()
@@ -125,6 +131,7 @@ enum Target {
     NotMine,
     NotListed,
     NoClientId,
+    Ambiguous,
     Kill(u64),
 }
 
@@ -151,6 +158,9 @@ async fn openvpn(
             Target::NotListed => Some(Ok(false)),
             Target::NoClientId => Some(Err(
                 "the server lists no Client ID (OpenVPN older than 2.3?)".into(),
+            )),
+            Target::Ambiguous => Some(Err(
+                "the server lists several clients of this common name connected in the same second and no pool address tells them apart; none was ended".into(),
             )),
             Target::Kill(_) => Some(
                 kills
@@ -190,4 +200,52 @@ async fn ocserv(
         found[i] = Some(done.map(|_| true).map_err(|e| e.to_string()));
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admission::table::ServerId;
+    use chrono::Utc;
+
+    fn session(key: &str) -> Session {
+        Session {
+            key: key.into(),
+            instance: 1,
+            user: "alice".into(),
+            remote: String::new(),
+            server: ServerId {
+                kind: ServerKind::Openvpn,
+                pid: 77,
+                start_ticks: 1,
+                ns_pid: 77,
+            },
+            since: Utc::now(),
+            group: String::new(),
+        }
+    }
+
+    fn client(addr: &str, cid: u64) -> openvpn::Client {
+        openvpn::Client {
+            common_name: "alice".into(),
+            virtual_address: addr.into(),
+            connected_since: 1_795_808_687,
+            client_id: Some(cid),
+        }
+    }
+
+    /// Attack: one certificate on two devices (`duplicate-cn`) without an
+    /// address pool, both connected in the same second. The key of one
+    /// matches both rows: the first row's device must not be killed for it.
+    #[test]
+    fn a_key_matching_two_listed_clients_kills_neither() {
+        let s = session("openvpn:77:1795808600:1795808687:alice:");
+        let two = [client("", 5), client("", 6)];
+        assert!(matches!(targets(&[&s], 77, &two)[0], Target::Ambiguous));
+        // With pool addresses each key names its own row.
+        let s = session("openvpn:77:1795808600:1795808687:alice:10.8.0.3");
+        let pooled = [client("10.8.0.2", 5), client("10.8.0.3", 6)];
+        assert!(matches!(targets(&[&s], 77, &pooled)[0], Target::Kill(6)));
+        assert!(matches!(targets(&[&s], 78, &pooled)[0], Target::NotMine));
+    }
 }

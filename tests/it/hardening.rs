@@ -439,7 +439,8 @@ fn a_full_runtime_directory_fails_admissions_closed_and_recovers_by_itself() {
     let gw = Gateway::new(200);
     let fs = Tmpfs::mount(&gw.path("run"), "256k");
     let d = gw.start();
-    let server = FakeServer::start(&gw.socket());
+    // Replaced sessions must be of a server an entry can end.
+    let server = FakeServer::start_openvpn(&gw.socket());
     for i in 0..3 {
         assert!(admitted(
             &server.try_call(&server.admit(&format!("k{i}"))).unwrap()
@@ -523,12 +524,16 @@ fn a_replacement_on_a_full_runtime_directory_keeps_the_session_held() {
     let gw = Gateway::new(10);
     gw.write(&gw.config().policy(concat!(
         "[policy]\nmax_sessions_per_user = 1\nat_user_limit = \"replace_oldest\"\n",
-        // Required with replace_oldest; no server listens there.
+        // Required with replace_oldest: the server there has ended every
+        // replaced session already (a session it did not confirm ended
+        // would count again).
         "[[reconcile]]\nkind = \"openvpn\"\nmanagement = \"mgmt.sock\"\ninterval_ms = 3600000\n",
     )));
     let fs = Tmpfs::mount(&gw.path("run"), "256k");
+    // Replaced sessions must be of a server an entry can end.
+    let server = FakeServer::start_openvpn(&gw.socket());
+    empty_management(&gw.path("mgmt.sock"), server.pid());
     let d = gw.start();
-    let server = FakeServer::start(&gw.socket());
     let admit = |key: &str| {
         let mut req = server.admit(key);
         if let Request::Admit(a) = &mut req {

@@ -268,3 +268,41 @@ fn status_and_check_show_the_policy_and_a_cap_below_the_reservations() {
         Some(DenyReason::UserLimit)
     );
 }
+
+/// Attack: `replace_oldest` while the server's management interface is
+/// down (an OpenVPN restarting its management, a wrong path). The replaced
+/// session's tunnel stays up; its seat had gone to the new session, so the
+/// gateway counted one session less than it carried, each time. A
+/// replaced session whose end is not confirmed counts again.
+#[test]
+fn a_replaced_session_the_server_does_not_end_keeps_counting() {
+    let gw = Gateway::new(3);
+    gw.write(&gw.config().policy(concat!(
+        "[policy]\nmax_sessions_per_user = 1\nat_user_limit = \"replace_oldest\"\n",
+        "[[reconcile]]\nkind = \"openvpn\"\nmanagement = \"/nonexistent/mgmt.sock\"\ninterval_ms = 3600000\n",
+    )));
+    let d = gw.start();
+    let server = FakeServer::start_openvpn(&gw.socket());
+    let alice = |key: &str| {
+        let mut req = server.admit(key);
+        if let Request::Admit(a) = &mut req {
+            a.user = "alice".into();
+        }
+        decision(server.try_call(&req).unwrap())
+    };
+    assert_eq!(alice("laptop"), None);
+    assert_eq!(alice("phone"), None, "the phone replaces the laptop");
+    let st = wait_for("the laptop to count again", Duration::from_secs(10), || {
+        let st = d.status();
+        (st.sessions.len() == 2).then_some(st)
+    });
+    assert_eq!(st.in_use, 2);
+    // Both count: with 5 seats, 3 more get in, not 4.
+    for k in ["a", "b", "c"] {
+        assert_eq!(decision(server.try_call(&server.admit(k)).unwrap()), None);
+    }
+    assert_eq!(
+        decision(server.try_call(&server.admit("d")).unwrap()),
+        Some(DenyReason::CapReached)
+    );
+}

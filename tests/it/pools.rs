@@ -701,3 +701,44 @@ fn a_fresh_cloud_grants_at_once_and_a_restarted_one_stays_quiet_one_lease_and_sa
     let resp = vpn.try_call(&vpn.admit("more")).unwrap();
     assert!(admitted(&resp), "{resp:?}");
 }
+
+/// Attack: `[admission] over_cap = "disconnect_newest"` on a pool gateway
+/// while the cloud is down. The slice's lease runs out, the cap falls to
+/// the built-in seats, and the over-cap countdown would cut every pool
+/// session: docs/pools.md promises that an unreachable cloud never takes
+/// seats from sessions and that pool sessions drain, never cut.
+#[test]
+fn with_the_cloud_down_a_disconnecting_over_cap_never_cuts_pool_sessions() {
+    const A: &str = "ESG-PA";
+    let mut cloud = pool_cloud_leasing(&[A, "ESG-PB"], 1500);
+    let gw = pool_gateway(&cloud, A);
+    let section = cloud.section(&Identity::of(&cloud, A), 300);
+    gw.write(
+        &gw.config()
+            .device(A)
+            .no_bundle_file()
+            .cloud(section)
+            .admission("over_cap = \"disconnect_newest\"\nover_cap_grace_ms = 100")
+            // Required by a disconnecting over_cap; no server listens there.
+            .reconcile("kind = \"openvpn\"\nmanagement = \"mgmt.sock\"\ninterval_ms = 3600000"),
+    );
+    let d = gw.start();
+    let sock = gw.socket();
+    wait_for("A to hold a slice lease", LIMIT, || {
+        status(&sock).filter(|s| s.pools.first().is_some_and(|p| p.lease_valid))
+    });
+    let vpn = FakeServer::start(&sock);
+    for i in 0..6 {
+        assert!(admitted(
+            &vpn.try_call(&vpn.admit(&format!("s{i}"))).unwrap()
+        ));
+    }
+    cloud.stop();
+    wait_for("A's lease to run out", LIMIT, || {
+        status(&sock).filter(|s| s.cap.pooled == 0)
+    });
+    // Several over-cap looks (one per dead-server check) and graces.
+    let st = d.after_reaps(5);
+    assert_eq!((st.in_use, st.cap_total), (6, BUILTIN));
+    assert_eq!(st.over_cap, None, "no pool session is planned to be cut");
+}

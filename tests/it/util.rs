@@ -493,11 +493,29 @@ pub struct FakeServer {
     pub child: Child,
     socket: PathBuf,
     _dir: tempfile::TempDir,
+    kind: ServerKind,
 }
 
 impl FakeServer {
     pub fn start(daemon_socket: &Path) -> FakeServer {
         Self::start_as(daemon_socket, None)
+    }
+
+    /// The relay under a command name the daemon takes for OpenVPN's
+    /// (`openvpn-fake`): its admissions name an OpenVPN server, whose
+    /// sessions a `[[reconcile]]` openvpn entry can be asked to end.
+    pub fn start_openvpn(daemon_socket: &Path) -> FakeServer {
+        let dir = tempfile::Builder::new()
+            .prefix("seatgate-fake-")
+            .tempdir()
+            .unwrap();
+        let which = Command::new("which").arg("socat").output().unwrap();
+        let socat = String::from_utf8(which.stdout).unwrap();
+        let fake = dir.path().join("openvpn-fake");
+        std::fs::copy(socat.trim(), &fake).unwrap();
+        let mut server = Self::spawn(Command::new(&fake), dir, daemon_socket);
+        server.kind = ServerKind::Openvpn;
+        server
     }
 
     /// A server running as `uid` (its group the same number): a VPN
@@ -508,17 +526,21 @@ impl FakeServer {
             .prefix("seatgate-fake-")
             .tempdir()
             .unwrap();
-        let socket = dir.path().join("relay.sock");
         let mut cmd = Command::new("socat");
-        cmd.arg(format!("UNIX-LISTEN:{},fork,backlog=512", socket.display()))
-            .arg(format!("UNIX-CONNECT:{}", daemon_socket.display()))
-            .stdin(Stdio::null())
-            .stderr(Stdio::null());
         if let Some(uid) = uid {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
             cmd.uid(uid).gid(uid);
         }
+        Self::spawn(cmd, dir, daemon_socket)
+    }
+
+    fn spawn(mut cmd: Command, dir: tempfile::TempDir, daemon_socket: &Path) -> FakeServer {
+        let socket = dir.path().join("relay.sock");
+        cmd.arg(format!("UNIX-LISTEN:{},fork,backlog=512", socket.display()))
+            .arg(format!("UNIX-CONNECT:{}", daemon_socket.display()))
+            .stdin(Stdio::null())
+            .stderr(Stdio::null());
         let child = cmd
             .spawn()
             .expect("socat is needed for the daemon tests (scripts/test installs it)");
@@ -531,6 +553,7 @@ impl FakeServer {
             child,
             socket,
             _dir: dir,
+            kind: ServerKind::Other,
         }
     }
 
@@ -548,7 +571,7 @@ impl FakeServer {
             key: key.into(),
             user: format!("user-{key}"),
             server: ServerRef {
-                kind: ServerKind::Other,
+                kind: self.kind,
                 pid: self.pid(),
             },
             remote: "192.0.2.7".into(),
@@ -600,4 +623,28 @@ pub fn require_root(why: &str) {
 
 pub fn admitted(resp: &Response) -> bool {
     matches!(resp, Response::Admit(a) if a.admitted)
+}
+
+/// A stand-in OpenVPN management interface at `path` for the server `pid`:
+/// it answers `pid`, lists no client in `status 3` (so every session asked
+/// to end "had ended already"), and serves connections until the test ends.
+pub fn empty_management(path: &Path, pid: u32) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut out = &stream;
+            let _ = out.write_all(b">INFO:OpenVPN Management Interface\r\n");
+            for line in BufReader::new(&stream).lines().map_while(Result::ok) {
+                let answer = match line.trim() {
+                    "pid" => format!("SUCCESS: pid={pid}\r\n"),
+                    "status 3" => "HEADER\tCLIENT_LIST\tCommon Name\tVirtual Address\tConnected Since (time_t)\tClient ID\r\nEND\r\n".to_string(),
+                    _ => break,
+                };
+                if out.write_all(answer.as_bytes()).is_err() {
+                    break;
+                }
+            }
+        }
+    });
 }

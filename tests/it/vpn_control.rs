@@ -9,9 +9,11 @@ use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+use seatgate::admission::protocol::{AdmitRequest, Request, ServerKind, ServerRef};
 
 use super::util::*;
 use super::vpn_harness::*;
@@ -402,4 +404,88 @@ fn over_cap_keeps_seats_it_cannot_disconnect_and_the_cap_coming_back_ends_the_co
     );
     assert!(log.contains("freed=false"), "{log}");
     assert!(log.contains("back within the cap"), "{log}");
+}
+
+/// Attack: a management socket that accepts and never answers, under a
+/// short grace (0: act at once). Each over-cap look used to start another
+/// disconnect while the last one still waited out its timeout: a pile of
+/// conversations with a stuck server, each logging its failure. One at a
+/// time: the next try comes a grace after the last one ended.
+#[test]
+fn over_cap_asks_a_server_that_never_answers_one_conversation_at_a_time() {
+    let gw = Gateway::with_config(3, "over_cap = \"disconnect_newest\"\nover_cap_grace_ms = 0");
+    let mgmt = gw.path("mgmt.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&mgmt).unwrap();
+    let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let held = open.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            // Accepted and never answered; kept open.
+            if let Ok(mut held) = held.lock() {
+                held.push(s);
+            }
+        }
+    });
+    let mut config = std::fs::read_to_string(gw.config_path()).unwrap();
+    config.push_str(&format!(
+        "[[reconcile]]\nkind = \"openvpn\"\nmanagement = \"{}\"\ninterval_ms = 3600000\ntimeout_ms = 5000\n",
+        mgmt.display()
+    ));
+    std::fs::write(gw.config_path(), config).unwrap();
+    let d = gw.start();
+    // A stand-in OpenVPN: the FakeServer relay under a command name the
+    // daemon takes for OpenVPN's, so the entry above controls its sessions.
+    let socat =
+        String::from_utf8(Command::new("which").arg("socat").output().unwrap().stdout).unwrap();
+    let fake = gw.path("openvpn-fake");
+    std::fs::copy(socat.trim(), &fake).unwrap();
+    let relay = gw.path("relay.sock");
+    let vpn = Command::new(&fake)
+        .arg(format!("UNIX-LISTEN:{},fork", relay.display()))
+        .arg(format!("UNIX-CONNECT:{}", gw.socket().display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let vpn = KillOnDrop(vpn);
+    wait_for("the relay to listen", Duration::from_secs(10), || {
+        listening(&relay).then_some(())
+    });
+    for k in ["k1", "k2", "k3", "k4", "k5"] {
+        let req = Request::Admit(AdmitRequest {
+            key: format!("openvpn:{}:1:1:{k}:", vpn.0.id()),
+            user: k.into(),
+            server: ServerRef {
+                kind: ServerKind::Openvpn,
+                pid: vpn.0.id(),
+            },
+            remote: String::new(),
+            group: String::new(),
+        });
+        assert!(admitted(&call(&relay, &req).unwrap()), "{k}");
+    }
+    let conversations = || open.lock().unwrap().len();
+    // The entry's first reconciliation round (it waits out its 5 s).
+    wait_for("the first reconciliation", Duration::from_secs(5), || {
+        (conversations() == 1).then_some(())
+    });
+    gw.write_bundle(&bundle(2, vec![]));
+    d.signal(Signal::SIGHUP);
+    wait_for("the first disconnect", Duration::from_secs(5), || {
+        (conversations() == 2).then_some(())
+    });
+    // Twenty looks (every 100 ms) while the first try waits out its 5 s.
+    d.after_reaps(20);
+    assert_eq!(conversations(), 2, "one try at a time");
+    assert_eq!(d.status().in_use, 5, "nothing confirmed: seats kept");
+}
+
+/// A child killed when the test ends, also when it fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
