@@ -291,7 +291,9 @@ pub fn decode(line: &[u8]) -> Result<Request, Response> {
         Request::Release { key } => Some(key),
         Request::Evict { key, user } => match (key, user) {
             (Some(key), None) => Some(key),
-            (None, Some(user)) if user.len() <= MAX_KEY => None,
+            // Not the empty name: a mistyped `--user "$UNSET"` would end
+            // every session without one (evict those by key).
+            (None, Some(user)) if !user.is_empty() && user.len() <= MAX_KEY => None,
             _ => {
                 return Err(Response::error(
                     ErrorCode::BadRequest,
@@ -445,8 +447,6 @@ mod tests {
                 user: Some("alice".into())
             }
         );
-        // The empty user name is a name (ocserv and OpenVPN allow none).
-        assert!(decode(br#"{"v":1,"op":"evict","user":""}"#).is_ok());
     }
 
     #[test]
@@ -455,6 +455,7 @@ mod tests {
             &br#"{"v":1,"op":"evict"}"#[..],
             br#"{"v":1,"op":"evict","key":"k","user":"u"}"#,
             br#"{"v":1,"op":"evict","key":""}"#,
+            br#"{"v":1,"op":"evict","user":""}"#,
         ] {
             assert_eq!(code(line), ErrorCode::BadRequest);
         }

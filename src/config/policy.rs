@@ -69,6 +69,13 @@ impl AtUserLimit {
     }
 }
 
+/// Whether two user or group names are the same to the policy: equal
+/// regardless of ASCII case. Directory backends (LDAP, RADIUS) let "Alice"
+/// log in as alice; a limit or a `max = 0` must not be escaped that way.
+pub fn same_name(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
 impl SeatPolicy {
     pub fn new(
         max_sessions_per_user: Option<u32>,
@@ -78,10 +85,10 @@ impl SeatPolicy {
         let (mut by_user, mut by_group) = (BTreeMap::new(), BTreeMap::new());
         for (i, g) in (0u32..).zip(&groups) {
             for u in &g.users {
-                by_user.entry(u.clone()).or_insert(i);
+                by_user.entry(u.to_ascii_lowercase()).or_insert(i);
             }
             for n in &g.groups {
-                by_group.entry(n.clone()).or_insert(i);
+                by_group.entry(n.to_ascii_lowercase()).or_insert(i);
             }
         }
         SeatPolicy {
@@ -107,13 +114,20 @@ impl SeatPolicy {
     }
 
     /// The entry a session of `user` reporting `group` belongs to: the one
-    /// naming the user, else the one naming the group. Empty names are in none.
+    /// naming the user, else the one naming the group. Empty names are in
+    /// none. Names match regardless of ASCII case (`same_name`).
     pub fn entry_of(&self, user: &str, group: &str) -> Option<usize> {
         let find = |map: &BTreeMap<String, u32>, name: &str| {
-            (!name.is_empty())
-                .then(|| map.get(name))
-                .flatten()
-                .map(|&i| i as usize)
+            if name.is_empty() {
+                return None;
+            }
+            // Most names are lower case already: no copy for them.
+            let found = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+                map.get(&name.to_ascii_lowercase())
+            } else {
+                map.get(name)
+            };
+            found.map(|&i| i as usize)
         };
         find(&self.by_user, user).or_else(|| find(&self.by_group, group))
     }
@@ -313,10 +327,11 @@ pub(super) fn read(value: Option<Value>, text: &str, problems: &mut Vec<Problem>
                         &key(what),
                         format!("{member:?} is not a name (1-256 bytes)"),
                     );
-                } else if let Some((_, _, other)) =
-                    seen.iter().find(|(w, m, _)| *w == what && m == member)
+                } else if let Some((_, _, other)) = seen
+                    .iter()
+                    .find(|(w, m, _)| *w == what && same_name(m, member))
                 {
-                    r.say(&key(what), format!("{one} {member:?} is also in entry {other}; a {one} belongs to one entry only"));
+                    r.say(&key(what), format!("{one} {member:?} is also in entry {other} (names match regardless of case); a {one} belongs to one entry only"));
                 } else {
                     seen.push((what, member.clone(), shown.clone()));
                 }
@@ -399,6 +414,10 @@ mod tests {
             (
                 "[[policy.group]]\nname = \"a\"\nusers = [\"x\"]\n[[policy.group]]\nname = \"b\"\nusers = [\"y\", \"x\"]\n",
                 "policy.group[1].users: user \"x\" is also in entry \"a\"; a user belongs to one entry only",
+            ),
+            (
+                "[[policy.group]]\nname = \"a\"\nusers = [\"Alice\"]\n[[policy.group]]\nname = \"b\"\nusers = [\"alice\"]\n",
+                "policy.group[1].users: user \"alice\" is also in entry \"a\" (names match regardless of case)",
             ),
             (
                 "[[policy.group]]\nname = \"a\"\ngroups = [\"g\"]\n[[policy.group]]\nname = \"b\"\ngroups = [\"g\"]\n",

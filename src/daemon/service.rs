@@ -22,6 +22,7 @@ use crate::admission::seats::{Admission, Asker, Release};
 use crate::admission::server::{Bytes, Reply, Service, Undo};
 use crate::admission::table::{Decision, ServerId, Session};
 use crate::cloud::demand::HIGH_WATER_GAP;
+use crate::config::policy::same_name;
 use crate::sys::process::{self, Relation};
 use crate::text::shown;
 
@@ -156,7 +157,11 @@ impl Shared {
             let table = state.seats.table();
             let sessions: Vec<Session> = match (&key, &user) {
                 (Some(k), _) => table.get(k).cloned().into_iter().collect(),
-                (None, Some(u)) => table.sessions().filter(|s| &s.user == u).cloned().collect(),
+                (None, Some(u)) => table
+                    .sessions()
+                    .filter(|s| same_name(&s.user, u))
+                    .cloned()
+                    .collect(),
                 (None, None) => Vec::new(),
             };
             (sessions, state.seats.in_use())

@@ -584,3 +584,35 @@ fn only_the_server_that_holds_a_session_may_release_or_readmit_it() {
         other => panic!("{other:?}"),
     }
 }
+
+/// `evict --user` names one user, matched regardless of ASCII case, and
+/// never the empty name: a mistyped `--user "$UNSET"` must not end every
+/// session that has no user name.
+#[test]
+fn evict_by_user_refuses_the_empty_name_and_matches_regardless_of_case() {
+    let gw = Gateway::new(3);
+    let d = gw.start();
+    let server = FakeServer::start(&gw.socket());
+    for (key, user) in [("k1", ""), ("k2", ""), ("k3", "Alice")] {
+        let mut req = server.admit(key);
+        if let Request::Admit(a) = &mut req {
+            a.user = user.into();
+        }
+        assert!(admitted(&server.try_call(&req).unwrap()));
+    }
+    let out = gw.cli(&["evict", "--user", ""]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"user\" (1 to"), "{err}");
+    assert_eq!(d.status().in_use, 3, "nothing evicted");
+    let out = gw.cli(&["evict", "--user", "alice"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("seat freed"), "{text}");
+    let st = d.status();
+    assert_eq!(st.in_use, 2);
+    assert!(
+        st.sessions.iter().all(|s| s.user.is_empty()),
+        "{:?}",
+        st.sessions
+    );
+}

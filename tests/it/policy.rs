@@ -53,7 +53,7 @@ fn check_config_refuses_each_contradiction_by_key() {
         "0 would refuse every session; set 1 or more, or remove the key for no limit",
         "policy.max_sessions_per_user (line ",
         "policy.group[0].max: 2 is below the entry's reserved 3",
-        "policy.group[1].users: user \"alice\" is also in entry \"oncall\"; a user belongs to one entry only",
+        "policy.group[1].users: user \"alice\" is also in entry \"oncall\" (names match regardless of case); a user belongs to one entry only",
         "policy.group[2]: entry \"empty\" has no members; list users = [..] or groups = [..]",
     ] {
         assert!(err.contains(want), "{want:?} missing in:\n{err}");
