@@ -413,7 +413,7 @@ mod tests {
             ),
             (
                 "[[policy.group]]\nname = \"a\"\nusers = [\"x\"]\n[[policy.group]]\nname = \"b\"\nusers = [\"y\", \"x\"]\n",
-                "policy.group[1].users: user \"x\" is also in entry \"a\"; a user belongs to one entry only",
+                "policy.group[1].users: user \"x\" is also in entry \"a\" (names match regardless of case); a user belongs to one entry only",
             ),
             (
                 "[[policy.group]]\nname = \"a\"\nusers = [\"Alice\"]\n[[policy.group]]\nname = \"b\"\nusers = [\"alice\"]\n",
