@@ -12,8 +12,6 @@ use nix::sys::signal::Signal;
 use super::util::*;
 use super::vpn_harness::*;
 
-const CONNECT: Duration = Duration::from_secs(20);
-
 fn in_use(d: &Daemon) -> u32 {
     d.status().in_use
 }
@@ -43,16 +41,10 @@ fn openvpn_cap_5_of_10_then_two_leave_two_join_then_killed_server_frees_all() {
     let mut server = OpenvpnServer::start(&ns, &seatgate_hook("openvpn"), &gw.socket());
 
     let mut clients: Vec<Proc> = (1..=10).map(|i| openvpn_client(&ns, i, "")).collect();
-    let outcomes: Vec<Outcome> = clients.iter().map(|c| outcome(c, CONNECT)).collect();
+    let outcomes = expect_connected(&clients, 5, &server.proc);
     let connected: Vec<usize> = (1..=10)
         .filter(|&i| outcomes[i - 1] == Outcome::Connected)
         .collect();
-    assert_eq!(
-        connected.len(),
-        5,
-        "outcomes {outcomes:?}; server log:\n{}",
-        server.proc.log_text()
-    );
     for (c, o) in clients.iter().zip(&outcomes) {
         if *o == Outcome::AuthFailed {
             assert!(c

@@ -18,7 +18,6 @@ use seatgate::admission::protocol::{AdmitRequest, Request, ServerKind, ServerRef
 use super::util::*;
 use super::vpn_harness::*;
 
-const CONNECT: Duration = Duration::from_secs(20);
 const EXIT: Duration = Duration::from_secs(15);
 
 fn stdout(out: &std::process::Output) -> String {

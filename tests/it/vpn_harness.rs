@@ -520,6 +520,26 @@ pub fn outcome(client: &Proc, limit: Duration) -> Outcome {
     }
 }
 
+/// How long a client may take to connect or be refused.
+pub const CONNECT: Duration = Duration::from_secs(20);
+
+/// Waits for every client's outcome and checks that exactly `connected`
+/// of them got in (the server's log in the failure message).
+pub fn expect_connected(clients: &[Proc], connected: usize, server: &Proc) -> Vec<Outcome> {
+    let outcomes: Vec<Outcome> = clients.iter().map(|c| outcome(c, CONNECT)).collect();
+    let n = outcomes
+        .iter()
+        .filter(|o| **o == Outcome::Connected)
+        .count();
+    assert_eq!(
+        n,
+        connected,
+        "outcomes {outcomes:?}; server log:\n{}",
+        server.log_text()
+    );
+    outcomes
+}
+
 pub const OCSERV_PORT: &str = "4443";
 
 /// ocserv 1.1.6 with plain password auth for `users` (user1:pass1, ...).

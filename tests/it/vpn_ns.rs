@@ -15,7 +15,6 @@ use nix::unistd::Pid;
 use super::util::*;
 use super::vpn_harness::*;
 
-const CONNECT: Duration = Duration::from_secs(20);
 /// How soon the seats of a dead containerised server must be free again.
 const BACK_WITHIN: Duration = Duration::from_secs(2);
 const REFUSED: &str = "is not the calling hook's own server";
@@ -119,17 +118,7 @@ fn openvpn_in_a_pid_namespace_cap_3_of_5_then_sigkilled_frees_every_seat_within_
     assert_ne!(host_pid, inner);
 
     let clients: Vec<Proc> = (1..=5).map(|i| openvpn_client(&ns, i, "")).collect();
-    let outcomes: Vec<Outcome> = clients.iter().map(|c| outcome(c, CONNECT)).collect();
-    let connected = outcomes
-        .iter()
-        .filter(|o| **o == Outcome::Connected)
-        .count();
-    assert_eq!(
-        connected,
-        3,
-        "outcomes {outcomes:?}; server log:\n{}",
-        server.proc.log_text()
-    );
+    expect_connected(&clients, 3, &server.proc);
     assert!(server.proc.log_text().contains("all 3 seats are in use"));
     let st = d.status();
     assert_eq!((st.in_use, st.cap_total), (3, 3));

@@ -15,8 +15,6 @@ use nix::sys::signal::Signal;
 use super::util::*;
 use super::vpn_harness::*;
 
-const CONNECT: Duration = Duration::from_secs(20);
-
 fn wait_in_use(d: &Daemon, want: u32, limit: Duration) -> Duration {
     let start = Instant::now();
     wait_for(&format!("in_use == {want}"), limit, || {
@@ -65,16 +63,10 @@ fn openvpn_plugin_cap_5_of_10_refill_rejected_disconnects_free_nothing_killed_se
         .contains("seatgate plugin openvpn: loaded: socket="));
 
     let mut clients: Vec<Proc> = (1..=10).map(|i| openvpn_client(&ns, i, "")).collect();
-    let outcomes: Vec<Outcome> = clients.iter().map(|c| outcome(c, CONNECT)).collect();
+    let outcomes = expect_connected(&clients, 5, &server.proc);
     let connected: Vec<usize> = (1..=10)
         .filter(|&i| outcomes[i - 1] == Outcome::Connected)
         .collect();
-    assert_eq!(
-        connected.len(),
-        5,
-        "outcomes {outcomes:?}; server log:\n{}",
-        server.proc.log_text()
-    );
     let log = server.proc.log_text();
     assert_eq!(log.matches("REJECTED client").count(), 5, "{log}");
     assert!(log.contains("all 5 seats are in use"));

@@ -11,8 +11,6 @@ use nix::sys::signal::Signal;
 use super::util::*;
 use super::vpn_harness::*;
 
-const CONNECT: Duration = Duration::from_secs(20);
-
 fn denied(d: &Daemon, reason: &str) -> u64 {
     d.status()
         .denials_by_reason
@@ -33,17 +31,7 @@ fn openvpn_one_certificate_on_4_clients_under_a_limit_of_2_refuses_2() {
     let clients: Vec<Proc> = (1..=4)
         .map(|i| openvpn_client_as(&ns, 1, &format!("device{i}"), ""))
         .collect();
-    let outcomes: Vec<Outcome> = clients.iter().map(|c| outcome(c, CONNECT)).collect();
-    let connected = outcomes
-        .iter()
-        .filter(|o| **o == Outcome::Connected)
-        .count();
-    assert_eq!(
-        connected,
-        2,
-        "outcomes {outcomes:?}; server log:\n{}",
-        server.proc.log_text()
-    );
+    let outcomes = expect_connected(&clients, 2, &server.proc);
     let st = d.status();
     assert_eq!((st.in_use, st.cap_total), (2, 10));
     assert!(
