@@ -130,35 +130,19 @@ pub fn decide(table: &Table, cap: u32, policy: &SeatPolicy, user: &str, group: &
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admission::protocol::{AdmitRequest, ServerKind, ServerRef};
-    use crate::admission::table::{Decision, ServerId};
+    use crate::admission::protocol::{AdmitRequest, ServerKind};
+    use crate::admission::table::{tests, tests::now, Decision, ServerId};
     use crate::config::policy::Group;
-    use chrono::{DateTime, Duration, Utc};
+    use chrono::Duration;
     use proptest::prelude::*;
 
-    fn now() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-11-27T12:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc)
-    }
-
-    const SERVER: ServerId = ServerId {
-        kind: ServerKind::Openvpn,
-        pid: 10,
-        start_ticks: 7,
-        ns_pid: 10,
-    };
+    const SERVER: ServerId = tests::server(10);
 
     fn req(key: &str, user: &str, group: &str) -> AdmitRequest {
         AdmitRequest {
-            key: key.into(),
             user: user.into(),
-            server: ServerRef {
-                kind: ServerKind::Openvpn,
-                pid: 10,
-            },
-            remote: String::new(),
             group: group.into(),
+            ..tests::req(key)
         }
     }
 

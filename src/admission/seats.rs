@@ -438,28 +438,11 @@ impl Seats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admission::protocol::{ServerKind, ServerRef};
     use crate::config::policy::AtUserLimit;
 
-    const SERVER: ServerId = ServerId {
-        kind: ServerKind::Openvpn,
-        pid: 10,
-        start_ticks: 7,
-        ns_pid: 10,
-    };
+    use crate::admission::table::tests::{req, server};
 
-    fn req(key: &str) -> AdmitRequest {
-        AdmitRequest {
-            key: key.into(),
-            user: "alice".into(),
-            server: ServerRef {
-                kind: ServerKind::Openvpn,
-                pid: 10,
-            },
-            remote: String::new(),
-            group: String::new(),
-        }
-    }
+    const SERVER: ServerId = server(10);
 
     /// Admits `key` for alice (limit 1, replace_oldest, cap 2) as the
     /// service does: the admission, then its answer on its way.

@@ -228,19 +228,21 @@ impl Table {
     }
 }
 
+/// Fixtures the admission tests share (table, seats, policy).
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::admission::protocol::ServerRef;
     use proptest::prelude::*;
 
-    fn now() -> DateTime<Utc> {
+    pub(in crate::admission) fn now() -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2026-11-27T12:00:00Z")
             .unwrap()
             .with_timezone(&Utc)
     }
 
-    fn req(key: &str) -> AdmitRequest {
+    /// Alice's session `key` on OpenVPN server pid 10.
+    pub(in crate::admission) fn req(key: &str) -> AdmitRequest {
         AdmitRequest {
             key: key.into(),
             user: "alice".into(),
@@ -253,7 +255,7 @@ mod tests {
         }
     }
 
-    fn server(pid: u32) -> ServerId {
+    pub(in crate::admission) const fn server(pid: u32) -> ServerId {
         ServerId {
             kind: ServerKind::Openvpn,
             pid,
